@@ -1,0 +1,45 @@
+/** Shared plumbing of the client subcommands: where the control socket is, calling it, printing results. */
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { ControlClient, ControlClientError } from '../control/client.js';
+
+export interface ClientOptions {
+  pool?: string;
+  control?: string;
+  json?: boolean;
+}
+
+export function addClientOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--pool <POOL>', 'pool directory (control socket POOL/control.sock)').env('THINVAULT_POOL'))
+    .addOption(new Option('--control <PATH>', 'control socket path').env('THINVAULT_CONTROL'))
+    .option('--json', 'print the raw JSON result');
+}
+
+export function controlPath(opts: ClientOptions): string {
+  if (opts.control) return opts.control;
+  if (opts.pool) return path.join(opts.pool, 'control.sock');
+  throw new ControlClientError('EUSAGE', 'say which daemon to talk to: --pool POOL or --control PATH (or set THINVAULT_POOL)');
+}
+
+/** Calls one control command and prints its result (JSON or `render`); failures set a non-zero exit code. */
+export async function runClientCommand<T>(
+  opts: ClientOptions,
+  cmd: string,
+  args: Record<string, unknown>,
+  render: (result: T) => string,
+): Promise<void> {
+  let client: ControlClient | undefined;
+  try {
+    client = await ControlClient.connect(controlPath(opts));
+    const result = await client.call<T>(cmd, args);
+    process.stdout.write((opts.json ? JSON.stringify(result, null, 2) : render(result)) + '\n');
+  } catch (err) {
+    const e = err as ControlClientError;
+    if (opts.json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERROR', message: e.message } }) + '\n');
+    process.stderr.write(`thinvault: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
+    process.exitCode = 1;
+  } finally {
+    client?.close();
+  }
+}

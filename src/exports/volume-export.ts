@@ -1,0 +1,85 @@
+/** A pool volume served as a read-write NBD export. */
+import type { Export, Extent, ExportProvider, ExportHandle, HoleList, ZeroOptions } from '../nbd/export.js';
+import type { Pool, Volume } from '../pool/index.js';
+
+/** NBD base:allocation flags (the values are fixed by the protocol; named here to keep pool types NBD-free) */
+const STATE_HOLE = 1;
+const STATE_ZERO = 2;
+const BASE_ALLOCATION = 'base:allocation';
+const MAX_PAYLOAD = 32 * 1024 * 1024;
+
+export class VolumeExport implements Export {
+  readonly readOnly = false;
+  readonly canTrim = true;
+  readonly canZero = true;
+  /** zeroing without NO_HOLE only unmaps chunks (plus small edge writes), so it is fast */
+  readonly canFastZero = true;
+  readonly canCache = true;
+  /** one data file and one journal per pool: a flush on any connection covers every completed write */
+  readonly canMultiConn = true;
+  readonly metaContexts = [BASE_ALLOCATION] as const;
+  readonly blockSize;
+
+  constructor(private readonly volume: Volume, chunkSize: number) {
+    this.blockSize = { minimum: 1, preferred: Math.min(chunkSize, MAX_PAYLOAD), maximum: MAX_PAYLOAD };
+  }
+
+  get name(): string {
+    return this.volume.name;
+  }
+  get description(): string {
+    return `thinvault volume ${this.volume.name} (${this.volume.uuid})`;
+  }
+  get size(): number {
+    return this.volume.size;
+  }
+
+  read(offset: number, buf: Buffer): Promise<HoleList> {
+    return this.volume.read(offset, buf);
+  }
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.volume.write(offset, data, fua);
+  }
+  flush(): Promise<void> {
+    return this.volume.flush();
+  }
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.volume.trim(offset, length, fua);
+  }
+  zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    return this.volume.zero(offset, length, { noHole: opts.noHole, fua: opts.fua });
+  }
+  async cache(): Promise<void> {
+    // The data file lives in the page cache already; prefetching would only compete with real reads.
+  }
+  async blockStatus(context: string, offset: number, length: number): Promise<Extent[]> {
+    if (context !== BASE_ALLOCATION) throw Object.assign(new Error(`unknown meta context ${context}`), { code: 'EINVAL' });
+    return this.volume
+      .allocation(offset, length)
+      .map((e) => ({ length: e.length, flags: e.allocated ? 0 : STATE_HOLE | STATE_ZERO }));
+  }
+}
+
+/** Serves every volume of a pool under its own name. */
+export class PoolExportProvider implements ExportProvider {
+  constructor(private readonly pool: Pool) {}
+
+  list(): Array<{ name: string; description: string }> {
+    return this.pool.listVolumes().map((v) => ({ name: v.name, description: `thinvault volume ${v.name}` }));
+  }
+
+  open(name: string): ExportHandle | undefined {
+    const volume = this.pool.volume(name);
+    if (!volume) return undefined;
+    volume.acquire();
+    let released = false;
+    return {
+      export: new VolumeExport(volume, this.pool.chunkSize),
+      release: () => {
+        if (released) return;
+        released = true;
+        volume.release();
+      },
+    };
+  }
+}
