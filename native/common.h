@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -70,15 +71,11 @@ class PromiseWorker : public Napi::AsyncWorker {
   }
   // Called on the JS thread when Execute succeeded.
   virtual Napi::Value Result(Napi::Env env) { return env.Undefined(); }
-  // Lets subclasses decorate the rejection (e.g. with `path`).
-  virtual void Decorate(Napi::Error& /*e*/) {}
 
   void OnOK() override {
     Napi::Env env = Env();
     if (err_ != 0) {
-      Napi::Error e = ErrnoError(env, err_, syscall_);
-      Decorate(e);
-      deferred_.Reject(e.Value());
+      deferred_.Reject(ErrnoError(env, err_, syscall_, path_.empty() ? nullptr : path_.c_str()).Value());
     } else {
       deferred_.Resolve(Result(env));
     }
@@ -87,6 +84,7 @@ class PromiseWorker : public Napi::AsyncWorker {
 
   int err_ = 0;
   const char* syscall_ = "";
+  std::string path_;  // set to add `path` to the rejection
 
  private:
   Napi::Promise::Deferred deferred_;

@@ -10,8 +10,8 @@
 #include "crc32c.h"
 
 #include <cstdlib>
-#include <initializer_list>
 #include <cstring>
+#include <initializer_list>
 
 #if defined(__x86_64__) && !defined(THINVAULT_NO_X86)
 #define TV_X86 1
