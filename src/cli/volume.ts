@@ -17,6 +17,13 @@ function volumeBlock(v: VolumeInfo & { openConnections?: number }): string {
   return keyValues(pairs);
 }
 
+interface GenerationsResult {
+  current: number;
+  chunkSize: number;
+  counts: Array<{ generation: number; chunks: number; bytes: number }>;
+  map?: Array<{ offset: number; length: number; generation: number }>;
+}
+
 export function volumeCommand(): Command {
   const volume = new Command('volume').description('create, list, inspect, resize and delete volumes');
 
@@ -54,14 +61,23 @@ export function volumeCommand(): Command {
     );
 
   addClientOptions(volume.command('generations <NAME>').description('current generation and the per-generation chunk counts'))
-    .action((name: string, opts: ClientOptions) =>
-      runClientCommand<{ current: number; chunkSize: number; counts: Array<{ generation: number; chunks: number; bytes: number }> }>(
-        opts,
-        'volume.generations',
-        { name },
-        (r) =>
-          `current generation: ${r.current} (chunk size ${formatSize(r.chunkSize)})\n` +
+    .option('--map', 'also list the changed byte ranges and their generations')
+    .action((name: string, opts: ClientOptions & { map?: boolean }) =>
+      runClientCommand<GenerationsResult>(opts, 'volume.generations', { name, map: opts.map ?? false }, (r) =>
+        [
+          `current generation: ${r.current} (chunk size ${formatSize(r.chunkSize)})`,
           table(['GENERATION', 'CHUNKS', 'BYTES'], r.counts.map((c) => [c.generation, c.chunks, formatSize(c.bytes)])),
+          ...(r.map
+            ? ['', r.map.length ? table(['OFFSET', 'LENGTH', 'GENERATION'], r.map.map((m) => [m.offset, m.length, m.generation])) : 'no changed ranges']
+            : []),
+        ].join('\n'),
+      ),
+    );
+
+  addClientOptions(volume.command('advance-generation <NAME>').description('start the next generation (backups do this themselves)'))
+    .action((name: string, opts: ClientOptions) =>
+      runClientCommand<{ previous: number; current: number }>(opts, 'volume.advance-generation', { name }, (r) =>
+        `generation ${r.previous} closed; writes now go to generation ${r.current}`,
       ),
     );
 

@@ -60,8 +60,9 @@ export async function tool(cmd: string, args: string[], timeoutMs = 60_000): Pro
     const { stdout } = await execFileP(cmd, args, { timeout: timeoutMs, maxBuffer: 256 * 1024 * 1024 });
     return stdout;
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')} failed: ${e.stderr || e.message}`);
+    // qemu-io prints "write failed: ..." on stdout, libnbd tools on stderr: keep both
+    const e = err as { stdout?: string; stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')} failed: ${[e.stdout, e.stderr].filter(Boolean).join('\n') || e.message}`);
   }
 }
 

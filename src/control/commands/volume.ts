@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ControlError } from '../protocol.js';
+import type { Volume } from '../../pool/index.js';
 import { defineCommand, sizeArg, noArgs, volumeNameArg, type DaemonContext } from '../command.js';
 
 function requireVolume(ctx: DaemonContext, name: string) {
@@ -66,9 +67,9 @@ export const volumeCommands = [
   }),
   defineCommand({
     name: 'volume.generations',
-    summary: 'current generation and the per-generation chunk counts',
-    args: z.strictObject({ name: volumeNameArg }),
-    run: ({ name }, ctx) => {
+    summary: 'current generation and the per-generation chunk counts (and with map, the changed ranges)',
+    args: z.strictObject({ name: volumeNameArg, map: z.boolean().optional() }),
+    run: ({ name, map }, ctx) => {
       const volume = requireVolume(ctx, name);
       const { current, counts } = volume.generations();
       const chunkSize = ctx.pool.chunkSize;
@@ -77,7 +78,34 @@ export const volumeCommands = [
         current,
         chunkSize,
         counts: counts.map((c) => ({ generation: c.generation, chunks: c.chunks, bytes: c.chunks * chunkSize })),
+        ...(map ? { map: changedRanges(volume, chunkSize) } : {}),
       };
     },
   }),
+  defineCommand({
+    name: 'volume.advance-generation',
+    summary: 'close the current generation and start the next one (backups do this at their snapshot point)',
+    args: z.strictObject({ name: volumeNameArg }),
+    run: async ({ name }, ctx) => {
+      const volume = requireVolume(ctx, name);
+      const previous = volume.generations().current;
+      const current = await volume.advanceGeneration();
+      ctx.log.info({ volume: name, previous, current }, 'generation advanced');
+      return { name, previous, current };
+    },
+  }),
 ];
+
+/** Byte ranges of chunks changed since the base (generation >= 1), runs of equal generation merged. */
+function changedRanges(volume: Volume, chunkSize: number): Array<{ offset: number; length: number; generation: number }> {
+  const ranges: Array<{ offset: number; length: number; generation: number }> = [];
+  for (const chunk of volume.changedChunks(1)) {
+    const generation = volume.chunkGeneration(chunk);
+    const offset = chunk * chunkSize;
+    const length = Math.min(chunkSize, volume.size - offset);
+    const last = ranges[ranges.length - 1];
+    if (last && last.generation === generation && last.offset + last.length === offset) last.length += length;
+    else ranges.push({ offset, length, generation });
+  }
+  return ranges;
+}
