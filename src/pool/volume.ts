@@ -1,0 +1,590 @@
+/**
+ * A volume's data path: read, write, trim, zero, block status, and its generation operations. Requests are split
+ * per chunk and physically contiguous runs go down as one system call. The ordering rules are in commit-rules.ts.
+ */
+import { native } from '../native/index.js';
+import { NEEDS_MARK, durabilityBarrier, overwriteRule } from './commit-rules.js';
+import type { PoolContext } from './context.js';
+import { PoolError, ioError } from './errors.js';
+import { MAX_GENERATION } from './format.js';
+import {
+  appendGenReset,
+  appendGenSet,
+  appendMap,
+  appendMark,
+  appendUnmap,
+} from './records.js';
+import type { JournalWriter } from './journal.js';
+import type { VolumeState } from './volume-state.js';
+
+export interface VolumeInfo {
+  name: string;
+  uuid: string;
+  size: number;
+  createdAt: string;
+  generation: number;
+  allocatedChunks: number;
+  allocatedBytes: number;
+}
+
+/** how writeRange writes: the caller's data */
+const WRITE = 0;
+/** zeros; unmapped chunks are mapped to clean chunks without I/O (they read as zeros) */
+const ZERO_ALLOCATE = 1;
+/** zeros into mapped chunks only; unmapped chunks already read as zeros */
+const ZERO_MAPPED = 2;
+type WriteMode = typeof WRITE | typeof ZERO_ALLOCATE | typeof ZERO_MAPPED;
+
+/** chunks per step for large trims (unmapping) and zero-writes, to bound memory and event-loop stalls */
+const UNMAP_SLICE = 65536;
+const ZERO_SLICE_BYTES = 16 * 1024 * 1024;
+const MAX_RUN = 0xffff_ffff;
+
+/** Coalesces the MAP / MARK / UNMAP records of one request into runs of consecutive chunks. */
+class RecordBatch {
+  private mapC = 0;
+  private mapP = 0;
+  private mapN = 0;
+  private markC = 0;
+  private markN = 0;
+  private unmapC = 0;
+  private unmapN = 0;
+  /** chunks marked by this batch: [start, count, ...] */
+  readonly marked: number[] = [];
+
+  constructor(
+    private readonly j: JournalWriter,
+    private readonly vol: number,
+    private readonly gen: number,
+  ) {}
+
+  map(c: number, p: number): void {
+    if (this.mapN > 0 && c === this.mapC + this.mapN && p === this.mapP + this.mapN && this.mapN < MAX_RUN) {
+      this.mapN++;
+      return;
+    }
+    this.flushMap();
+    this.mapC = c;
+    this.mapP = p;
+    this.mapN = 1;
+  }
+
+  mark(c: number): void {
+    if (this.markN > 0 && c === this.markC + this.markN) {
+      this.markN++;
+      return;
+    }
+    this.flushMark();
+    this.markC = c;
+    this.markN = 1;
+  }
+
+  unmap(c: number): void {
+    if (this.unmapN > 0 && c === this.unmapC + this.unmapN) {
+      this.unmapN++;
+      return;
+    }
+    this.flushUnmap();
+    this.unmapC = c;
+    this.unmapN = 1;
+  }
+
+  /** appends the records; returns the seq of the last one (0 if none) */
+  finish(): number {
+    this.flushMap();
+    this.flushMark();
+    this.flushUnmap();
+    return this.j.lastSeq;
+  }
+
+  private flushMap(): void {
+    if (this.mapN > 0) appendMap(this.j, this.vol, this.mapC, this.mapP, this.mapN, this.gen);
+    this.mapN = 0;
+  }
+  private flushMark(): void {
+    if (this.markN > 0) {
+      appendMark(this.j, this.vol, this.markC, this.markN, this.gen);
+      this.marked.push(this.markC, this.markN);
+    }
+    this.markN = 0;
+  }
+  private flushUnmap(): void {
+    if (this.unmapN > 0) appendUnmap(this.j, this.vol, this.unmapC, this.unmapN, this.gen);
+    this.unmapN = 0;
+  }
+}
+
+/**
+ * Like Promise.all, but settles only when every I/O has finished (the op id must outlive all of them: a chunk
+ * freed meanwhile is not reused while one of our writes may still land in it), then throws the first error.
+ */
+async function settleAll(ps: Array<Promise<unknown>>): Promise<void> {
+  const results = await Promise.allSettled(ps);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+async function readRest(fd: number, view: Buffer, pos: number, done: number): Promise<void> {
+  const got = await native.pread(fd, done > 0 ? view.subarray(done) : view, pos + done);
+  // past the end of the data file (only after a crash lost its growth): zeros
+  if (done + got < view.length) view.fill(0, done + got);
+}
+
+export class Volume {
+  /** callers holding the volume open (acquire/release) */
+  openCount = 0;
+
+  constructor(
+    private readonly ctx: PoolContext,
+    /** @internal */ readonly state: VolumeState,
+  ) {}
+
+  get name(): string {
+    return this.state.name;
+  }
+  get uuid(): string {
+    return this.state.uuid;
+  }
+  get size(): number {
+    return this.state.size;
+  }
+
+  info(): VolumeInfo {
+    const s = this.state;
+    return {
+      name: s.name,
+      uuid: s.uuid,
+      size: s.size,
+      createdAt: new Date(s.createdAt).toISOString(),
+      generation: s.gens.current,
+      allocatedChunks: s.allocatedChunks,
+      allocatedBytes: s.allocatedChunks * this.ctx.chunkSize,
+    };
+  }
+
+  acquire(): void {
+    this.openCount++;
+  }
+  release(): void {
+    if (this.openCount > 0) this.openCount--;
+  }
+
+  flush(): Promise<void> {
+    return this.ctx.flush();
+  }
+
+  // ---------------------------------------------------------------- read
+
+  async read(offset: number, buf: Buffer): Promise<number[]> {
+    const ctx = this.ctx;
+    ctx.enter();
+    let opId = 0;
+    try {
+      const len = buf.length;
+      this.checkRange(offset, len, this.state.size);
+      if (len === 0) return [];
+      const cs = ctx.chunkSize;
+      const map = this.state.map;
+      const fd = ctx.data.fd;
+      const end = offset + len;
+      const holes: number[] = [];
+      let pending: Promise<void>[] | null = null;
+      let runPos = -1;
+      let runStart = 0;
+      let runEnd = 0;
+      // the op id is taken in the same synchronous step as the mapping lookups (commit-rules.ts, FREE)
+      opId = ctx.tracker.begin();
+      for (let pos = offset, c = Math.floor(offset / cs); pos < end; c++) {
+        const cStart = c * cs;
+        const segEnd = Math.min(end, cStart + cs);
+        const s = pos - offset;
+        const t = segEnd - offset;
+        const e = map.get(c);
+        if (e === 0) {
+          if (runPos >= 0) {
+            pending = this.issueRead(fd, buf, runPos, runStart, runEnd, pending);
+            runPos = -1;
+          }
+          const n = holes.length;
+          if (n > 0 && holes[n - 2] + holes[n - 1] === s) holes[n - 1] += t - s;
+          else holes.push(s, t - s);
+        } else {
+          const phys = (e - 1) * cs + (pos - cStart);
+          if (runPos >= 0 && phys === runPos + (runEnd - runStart)) {
+            runEnd = t;
+          } else {
+            if (runPos >= 0) pending = this.issueRead(fd, buf, runPos, runStart, runEnd, pending);
+            runPos = phys;
+            runStart = s;
+            runEnd = t;
+          }
+        }
+        pos = segEnd;
+      }
+      if (runPos >= 0) pending = this.issueRead(fd, buf, runPos, runStart, runEnd, pending);
+      if (pending !== null) {
+        if (pending.length === 1) await pending[0];
+        else await settleAll(pending);
+      }
+      return holes;
+    } catch (err) {
+      throw ioError(`read of volume ${this.state.name} at ${offset}+${buf.length} failed`, err);
+    } finally {
+      if (opId !== 0) ctx.tracker.end(opId);
+      ctx.leave();
+    }
+  }
+
+  /** page-cache hit: served synchronously; otherwise (or for the rest) a thread-pool pread */
+  private issueRead(
+    fd: number,
+    buf: Buffer,
+    pos: number,
+    start: number,
+    end: number,
+    pending: Promise<void>[] | null,
+  ): Promise<void>[] | null {
+    const view = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    let n: number;
+    try {
+      n = native.preadNoWait(fd, view, pos);
+    } catch {
+      n = -1; // let the thread-pool read report (or not) the error, after the reads already issued
+    }
+    if (n === view.length) return pending;
+    const p = readRest(fd, view, pos, n > 0 ? n : 0);
+    if (pending === null) return [p];
+    pending.push(p);
+    return pending;
+  }
+
+  // ---------------------------------------------------------------- write
+
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    const ctx = this.ctx;
+    ctx.enter();
+    try {
+      this.checkRange(offset, data.length, this.state.size);
+      if (data.length === 0) return;
+      await this.writeRange(offset, data.length, data, WRITE, false);
+      if (fua) await durabilityBarrier(ctx.journal, ctx.data);
+    } finally {
+      ctx.leave();
+    }
+  }
+
+  /**
+   * Writes `data` (or zeros, per mode) at [offset, offset + len) of the volume, one chunk run per system call.
+   * `beyondEnd` lets resize write past the current size (inside the last chunk).
+   */
+  private async writeRange(offset: number, len: number, data: Buffer | null, mode: WriteMode, beyondEnd: boolean): Promise<void> {
+    const ctx = this.ctx;
+    const st = this.state;
+    const cs = ctx.chunkSize;
+    const map = st.map;
+    const end = offset + len;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((end - 1) / cs);
+
+    // Phase 1: reserve clean chunks for the unmapped chunks, waiting (for growth or frees) with no op id held.
+    let reserved = 0;
+    if (mode !== ZERO_MAPPED) {
+      for (;;) {
+        let need = 0;
+        for (let c = first; c <= last; c++) if (map.get(c) === 0) need++;
+        if (need <= reserved) break;
+        if (!ctx.alloc.tryReserve(need - reserved)) {
+          try {
+            await ctx.alloc.reserve(need - reserved);
+          } catch (err) {
+            ctx.alloc.unreserve(reserved);
+            throw err;
+          }
+        }
+        reserved = need;
+        if (st.deleted || (!beyondEnd && end > st.size)) {
+          ctx.alloc.unreserve(reserved);
+          throw st.deleted
+            ? new PoolError('ENOENT', `volume ${st.name} was deleted`)
+            : new PoolError('EINVAL', `volume ${st.name} shrank below ${end}`);
+        }
+      }
+    }
+
+    // Phase 2 (synchronous): mappings, marks, records, op id.
+    const journal = ctx.journal;
+    const G = st.gens.current;
+    const opId = ctx.tracker.begin();
+    let batch: RecordBatch | null = null;
+    let waitSeq = 0;
+    /** [physicalPos, start, end, ...] relative to offset */
+    const runs: number[] = [];
+    let runPos = -1;
+    let runStart = 0;
+    let runEnd = 0;
+    try {
+      for (let pos = offset, c = first; c <= last; c++) {
+        const cStart = c * cs;
+        const segEnd = Math.min(end, cStart + cs);
+        let e = map.get(c);
+        let skip = false;
+        if (e === 0) {
+          if (mode === ZERO_MAPPED) {
+            skip = true;
+          } else {
+            // W1: a clean chunk, mapped now, written at once
+            const prev = c > 0 ? map.get(c - 1) : 0;
+            const p = ctx.alloc.take(prev !== 0 ? prev : st.cursor);
+            reserved--;
+            st.mapChunk(c, p, G);
+            st.cursor = p + 1;
+            if (st.pendingMarks.size > 0) st.pendingMarks.delete(c);
+            (batch ??= new RecordBatch(journal, st.id, G)).map(c, p);
+            if (mode === ZERO_ALLOCATE) skip = true;
+            e = p + 1;
+          }
+        } else {
+          const r = overwriteRule(st, c, journal.durableSeq);
+          if (r === NEEDS_MARK) {
+            // W3: mark first
+            st.markChunk(c, G);
+            (batch ??= new RecordBatch(journal, st.id, G)).mark(c);
+          } else if (r > waitSeq) {
+            waitSeq = r;
+          }
+        }
+        if (skip) {
+          if (runPos >= 0) runs.push(runPos, runStart, runEnd);
+          runPos = -1;
+        } else {
+          const phys = (e - 1) * cs + (pos - cStart);
+          const s = pos - offset;
+          const t = segEnd - offset;
+          if (runPos >= 0 && phys === runPos + (runEnd - runStart)) {
+            runEnd = t;
+          } else {
+            if (runPos >= 0) runs.push(runPos, runStart, runEnd);
+            runPos = phys;
+            runStart = s;
+            runEnd = t;
+          }
+        }
+        pos = segEnd;
+      }
+      if (runPos >= 0) runs.push(runPos, runStart, runEnd);
+      if (batch !== null) {
+        const seq = batch.finish();
+        const m = batch.marked;
+        if (m.length > 0) {
+          for (let k = 0; k < m.length; k += 2) {
+            for (let c = m[k]; c < m[k] + m[k + 1]; c++) {
+              st.pendingMarks.delete(c);
+              st.pendingMarks.set(c, seq);
+            }
+          }
+          if (seq > waitSeq) waitSeq = seq;
+        }
+      }
+      if (reserved > 0) ctx.alloc.unreserve(reserved);
+      reserved = 0;
+
+      // Phase 3: wait for the marks (W3), then the data.
+      if (waitSeq > journal.durableSeq) await journal.waitDurable(waitSeq);
+      const fd = ctx.data.fd;
+      if (runs.length === 3) {
+        await this.writeRun(fd, data, runs[0], runs[1], runs[2], len);
+      } else if (runs.length > 0) {
+        const ps: Promise<unknown>[] = [];
+        for (let k = 0; k < runs.length; k += 3) ps.push(this.writeRun(fd, data, runs[k], runs[k + 1], runs[k + 2], len));
+        await settleAll(ps);
+      }
+    } catch (err) {
+      if (reserved > 0) ctx.alloc.unreserve(reserved);
+      throw ioError(`write to volume ${st.name} at ${offset}+${len} failed`, err);
+    } finally {
+      ctx.tracker.end(opId);
+    }
+  }
+
+  private writeRun(fd: number, data: Buffer | null, pos: number, start: number, end: number, len: number): Promise<number> {
+    if (data !== null) return native.pwrite(fd, start === 0 && end === len ? data : data.subarray(start, end), pos);
+    const zeros = this.ctx.zeros;
+    let n = end - start;
+    if (n <= zeros.length) return native.pwrite(fd, zeros.subarray(0, n), pos);
+    const iov: Buffer[] = [];
+    for (; n > 0; n -= zeros.length) iov.push(n >= zeros.length ? zeros : zeros.subarray(0, n));
+    return native.pwritev(fd, iov, pos);
+  }
+
+  // ---------------------------------------------------------------- trim / zero
+
+  async trim(offset: number, length: number, fua: boolean): Promise<void> {
+    const ctx = this.ctx;
+    ctx.enter();
+    try {
+      this.checkRange(offset, length, this.state.size);
+      if (length === 0) return;
+      await this.discard(offset, length);
+      if (fua) await durabilityBarrier(ctx.journal, ctx.data);
+    } finally {
+      ctx.leave();
+    }
+  }
+
+  async zero(offset: number, length: number, opts: { noHole: boolean; fua: boolean }): Promise<void> {
+    const ctx = this.ctx;
+    ctx.enter();
+    try {
+      this.checkRange(offset, length, this.state.size);
+      if (length === 0) return;
+      if (!opts.noHole) {
+        await this.discard(offset, length);
+      } else {
+        const step = Math.max(ctx.chunkSize, ZERO_SLICE_BYTES);
+        for (let pos = offset; pos < offset + length; ) {
+          const next = Math.min(offset + length, (Math.floor(pos / step) + 1) * step);
+          await this.writeRange(pos, next - pos, null, ZERO_ALLOCATE, false);
+          pos = next;
+        }
+      }
+      if (opts.fua) await durabilityBarrier(ctx.journal, ctx.data);
+    } finally {
+      ctx.leave();
+    }
+  }
+
+  /** Unmaps the chunks fully inside the range and zero-writes the mapped partial edges. */
+  private async discard(offset: number, length: number): Promise<void> {
+    const cs = this.ctx.chunkSize;
+    const st = this.state;
+    const end = offset + length;
+    const firstFull = Math.ceil(offset / cs);
+    // a range reaching the end of the volume covers its partial last chunk entirely
+    const endFull = end >= st.size ? st.chunks : Math.floor(end / cs);
+    if (firstFull >= endFull) {
+      await this.zeroEdges(offset, end);
+      return;
+    }
+    for (let c = firstFull; c < endFull; c = Math.min(endFull, c + UNMAP_SLICE)) {
+      this.unmapChunks(c, Math.min(endFull, c + UNMAP_SLICE));
+      if (c + UNMAP_SLICE < endFull) await new Promise((r) => setImmediate(r));
+    }
+    const edges: Promise<void>[] = [];
+    if (offset < firstFull * cs) edges.push(this.zeroEdges(offset, firstFull * cs));
+    if (endFull * cs < end) edges.push(this.zeroEdges(endFull * cs, end));
+    await Promise.all(edges);
+  }
+
+  private async zeroEdges(from: number, to: number): Promise<void> {
+    if (from >= to) return;
+    await this.writeRange(from, to - from, null, ZERO_MAPPED, false);
+  }
+
+  /** TRIM rule: UNMAP records, then the freed chunks enter the free path tagged with the record's seq. */
+  private unmapChunks(from: number, to: number): void {
+    const st = this.state;
+    if (st.deleted) throw new PoolError('ENOENT', `volume ${st.name} was deleted`);
+    const G = st.gens.current;
+    const found: number[] = [];
+    st.map.forEachNonZero(from, Math.min(to, st.chunks), (c, e) => found.push(c, e - 1));
+    if (found.length === 0) return;
+    const batch = new RecordBatch(this.ctx.journal, st.id, G);
+    for (let k = 0; k < found.length; k += 2) {
+      const c = found[k];
+      st.unmapChunk(c, G);
+      if (st.pendingMarks.size > 0) st.pendingMarks.delete(c);
+      batch.unmap(c);
+    }
+    const seq = batch.finish();
+    for (let k = 1; k < found.length; k += 2) this.ctx.alloc.release(found[k], seq);
+  }
+
+  /** Resize support: zero-writes [from, to) inside the last chunk even past the current end. @internal */
+  async zeroTail(from: number, to: number): Promise<void> {
+    if (from >= to) return;
+    await this.writeRange(from, to - from, null, ZERO_MAPPED, true);
+  }
+
+  // ---------------------------------------------------------------- block status
+
+  allocation(offset: number, length: number): Array<{ length: number; allocated: boolean }> {
+    const st = this.state;
+    const cs = this.ctx.chunkSize;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset > st.size) {
+      throw new PoolError('EINVAL', `allocation query ${offset}+${length} outside volume ${st.name} (${st.size} bytes)`);
+    }
+    const end = offset + Math.min(length, st.size - offset);
+    const out: Array<{ length: number; allocated: boolean }> = [];
+    for (let pos = offset; pos < end; ) {
+      const c = Math.floor(pos / cs);
+      const allocated = st.map.get(c) !== 0;
+      const next = st.map.nextWhere(c + 1, st.chunks, !allocated);
+      const extentEnd = Math.min(end, next * cs);
+      out.push({ length: extentEnd - pos, allocated });
+      pos = extentEnd;
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- generations
+
+  generations(): { current: number; counts: Array<{ generation: number; chunks: number }> } {
+    return { current: this.state.gens.current, counts: this.state.gens.countTable() };
+  }
+
+  chunkGeneration(chunk: number): number {
+    if (!Number.isInteger(chunk) || chunk < 0 || chunk >= this.state.chunks) {
+      throw new PoolError('EINVAL', `chunk ${chunk} outside volume ${this.state.name} (${this.state.chunks} chunks)`);
+    }
+    return this.state.gens.get(chunk);
+  }
+
+  changedChunks(fromGeneration: number): number[] {
+    return this.state.gens.changedSince(fromGeneration);
+  }
+
+  /** current -> current + 1, durable before it resolves */
+  async advanceGeneration(): Promise<number> {
+    const ctx = this.ctx;
+    ctx.enter();
+    try {
+      const st = this.state;
+      this.checkAlive();
+      if (st.gens.current >= MAX_GENERATION) throw new PoolError('EINVAL', `volume ${st.name}: generation limit reached`);
+      st.gens.current++;
+      const seq = appendGenSet(ctx.journal, st.id, st.gens.current);
+      const current = st.gens.current;
+      await ctx.journal.waitDurable(seq);
+      return current;
+    } finally {
+      ctx.leave();
+    }
+  }
+
+  /** full-backup semantics: every chunk unchanged (generation 0), current generation 1, durable */
+  async resetGenerations(): Promise<void> {
+    const ctx = this.ctx;
+    ctx.enter();
+    try {
+      const st = this.state;
+      this.checkAlive();
+      st.gens.reset();
+      st.pendingMarks.clear();
+      await ctx.journal.waitDurable(appendGenReset(ctx.journal, st.id));
+    } finally {
+      ctx.leave();
+    }
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private checkAlive(): void {
+    if (this.state.deleted) throw new PoolError('ENOENT', `volume ${this.state.name} was deleted`);
+  }
+
+  private checkRange(offset: number, length: number, size: number): void {
+    this.checkAlive();
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+      throw new PoolError('EINVAL', `range ${offset}+${length} outside volume ${this.state.name} (${size} bytes)`);
+    }
+  }
+}
