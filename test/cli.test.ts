@@ -73,6 +73,25 @@ describe('CLI and control socket', () => {
     ]);
     const text = await d.cli(['volume', 'generations', 'gens']);
     expect(text.stdout).toMatch(/current generation: 1/);
+
+    const mapped = JSON.parse((await d.cli(['volume', 'generations', 'gens', '--map', '--json'])).stdout);
+    expect(mapped.map).toEqual([
+      { offset: 0, length: 1024 * 1024, generation: 1 },
+      { offset: 4 * 1024 * 1024, length: 65536, generation: 1 },
+    ]);
+    const advanced = JSON.parse((await d.cli(['volume', 'advance-generation', 'gens', '--json'])).stdout);
+    expect(advanced).toMatchObject({ previous: 1, current: 2 });
+    await tool('qemu-io', ['-f', 'raw', d.uri('gens'), '-c', 'write -P 0x33 64k 4k']);
+    const after = JSON.parse((await d.cli(['volume', 'generations', 'gens', '--map', '--json'])).stdout);
+    expect(after.map).toEqual([
+      { offset: 0, length: 65536, generation: 1 },
+      { offset: 65536, length: 65536, generation: 2 },
+      { offset: 131072, length: 1024 * 1024 - 131072, generation: 1 },
+      { offset: 4 * 1024 * 1024, length: 65536, generation: 1 },
+    ]);
+    const check = await d.cli(['pool', 'check']);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/pool consistent/);
   });
 
   it('reports status with pool usage and connections', async () => {

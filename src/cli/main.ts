@@ -153,6 +153,21 @@ addClientOptions(program.command('status').description('pool usage, volumes and 
   ),
 );
 
+const poolGroup = program.command('pool').description('pool-wide maintenance');
+addClientOptions(poolGroup.command('check').description('read-only consistency check of the pool metadata')).action((opts: ClientOptions) =>
+  runClientCommand<{ ok: boolean; problems: string[]; checked: { volumes: number; mappedChunks: number; chunksTotal: number } }>(
+    opts,
+    'pool.check',
+    {},
+    (r) => {
+      if (!r.ok) process.exitCode = 3;
+      return r.ok
+        ? `pool consistent: ${r.checked.volumes} volume(s), ${r.checked.mappedChunks} mapped of ${r.checked.chunksTotal} chunks`
+        : `POOL INCONSISTENT (${r.problems.length} problem(s)):\n${r.problems.map((p) => `  - ${p}`).join('\n')}`;
+    },
+  ),
+);
+
 program.addCommand(volumeCommand());
 
 program.parseAsync(process.argv).catch((err: Error & { code?: string }) => {

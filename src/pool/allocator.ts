@@ -195,6 +195,31 @@ export class ChunkAllocator {
     if (!this.freeRunning && !this.freeFailed) void this.runFrees();
   }
 
+  /**
+   * Consistency audit (pool check): compares the reference counts with `expected` (recomputed from the
+   * mappings) and checks that no referenced chunk is also on a free list. Returns the problems found.
+   */
+  audit(expected: Uint16Array): string[] {
+    const problems: string[] = [];
+    const total = this.total;
+    let used = 0;
+    for (let p = 0; p < Math.max(total, expected.length); p++) {
+      const want = p < expected.length ? expected[p]! : 0;
+      const have = this.refcount(p);
+      if (have !== want) problems.push(`chunk ${p}: refcount ${have}, but ${want} mapping(s) point at it`);
+      if (want > 0 && p >= total) problems.push(`chunk ${p} is mapped but lies beyond the data file (${total} chunks)`);
+      if (want > 0 && this.clean.get(p)) problems.push(`chunk ${p} is mapped and also on the clean free list`);
+      if (have > 0) used++;
+    }
+    for (const run of this.pending) {
+      for (let p = run.start; p < run.start + run.count; p++) {
+        if (p < expected.length && expected[p]! > 0) problems.push(`chunk ${p} is mapped and also waiting to be freed`);
+      }
+    }
+    if (used !== this.used) problems.push(`allocator counts ${this.used} used chunks, refcounts say ${used}`);
+    return problems;
+  }
+
   /** every free chunk reads as zeros durably (a checkpoint written now may say CLEAN) */
   get allFreeClean(): boolean {
     return this.pendingChunks === 0 && this.quarantined === 0 && !this.freeFailed && this.reserved === 0;

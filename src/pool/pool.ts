@@ -384,6 +384,51 @@ export class Pool {
     };
   }
 
+  /**
+   * Read-only consistency check of the in-memory metadata (control command pool.check): reference counts
+   * against the mappings, free lists against the mappings, and every volume's count table against its map.
+   */
+  check(): { ok: boolean; problems: string[]; checked: { volumes: number; mappedChunks: number; chunksTotal: number } } {
+    const problems: string[] = [];
+    const expected = new Uint16Array(Math.max(this.alloc.total, 1));
+    let mapped = 0;
+    let grown = expected;
+    this.meta.forEachMapped((p, v) => {
+      mapped++;
+      if (p >= grown.length) {
+        const bigger = new Uint16Array(p + 1);
+        bigger.set(grown);
+        grown = bigger;
+      }
+      grown[p]!++;
+      if (grown[p]! > 1) problems.push(`chunk ${p} is mapped more than once (volume ${v.name})`);
+    });
+    problems.push(...this.alloc.audit(grown));
+    for (const v of this.meta.volumes.values()) {
+      const recount = new Map<number, number>();
+      v.gens.entries.forEachNonZero(0, v.chunks, (_c, g) => recount.set(g, (recount.get(g) ?? 0) + 1));
+      let nonZero = 0;
+      for (const [g, n] of recount) {
+        nonZero += n;
+        if (g > v.gens.current) problems.push(`volume ${v.name}: chunks marked with future generation ${g} (current ${v.gens.current})`);
+        if (v.gens.count(g) !== n) problems.push(`volume ${v.name}: count table says ${v.gens.count(g)} chunks in generation ${g}, the map has ${n}`);
+      }
+      for (const { generation, chunks } of v.gens.countTable()) {
+        if (generation !== 0 && !recount.has(generation)) problems.push(`volume ${v.name}: count table lists ${chunks} chunks in generation ${generation}, the map has none`);
+      }
+      if (v.gens.count(0) !== v.chunks - nonZero) problems.push(`volume ${v.name}: generation 0 count ${v.gens.count(0)}, expected ${v.chunks - nonZero}`);
+      v.map.forEachPage((pi, page) => {
+        for (let i = 0; i < page.length; i++) {
+          if (page[i] !== 0 && pi * page.length + i >= v.chunks) {
+            problems.push(`volume ${v.name}: chunk ${pi * page.length + i} is mapped past the end of the volume`);
+            break;
+          }
+        }
+      });
+    }
+    return { ok: problems.length === 0, problems: problems.slice(0, 100), checked: { volumes: this.meta.volumes.size, mappedChunks: mapped, chunksTotal: this.alloc.total } };
+  }
+
   /** Every write completed before the call, and every metadata change, is durable when this resolves. */
   async flush(): Promise<void> {
     this.enter();

@@ -21,6 +21,12 @@ export const daemonCommands = [
     }),
   }),
   defineCommand({
+    name: 'pool.check',
+    summary: 'read-only consistency check of the pool metadata',
+    args: noArgs,
+    run: (_args, ctx) => ctx.pool.check(),
+  }),
+  defineCommand({
     name: 'daemon.stop',
     summary: 'drain connections, checkpoint the pool and exit',
     args: noArgs,
