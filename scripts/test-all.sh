@@ -22,7 +22,10 @@ fi
 
 # npm ci when node_modules is missing or older than the lock file (it also builds the addon and the TypeScript).
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci
+  # The registry reachable here serves only the linux-x64 builds of rollup's optional platform packages, so the
+  # lock file cannot list the others and `npm ci` refuses it as "out of sync"; `npm install` with the same lock
+  # file installs exactly the locked versions.
+  npm ci || npm install
 else
   [ -f build/Release/thinvault_native.node ] || npx node-gyp rebuild
   npx tsc -p tsconfig.json
