@@ -51,15 +51,20 @@ const COLS = [
 // results[server][round][job] = {mibs, iops}; failures[server][round] = reason
 const results = {};
 const failures = {};
+const machine = {}; // machine[server][round] = {other}: user CPU of other processes, to judge a shared machine
 for (const line of readLines('results.tsv')) {
-  const [server, round, job, a, b] = line.split('\t');
+  const [server, round, job, a, b, c] = line.split('\t');
   if (job === 'FAILED') {
     ((failures[server] ??= {})[round] = a ?? 'failed');
     continue;
   }
+  if (job === 'machine') {
+    ((machine[server] ??= {})[round] = { other: a, disk: `${b ?? '?'} / ${c ?? '?'}` });
+    continue;
+  }
   ((results[server] ??= {})[round] ??= {})[job] = { mibs: Number(a), iops: Number(b) };
 }
-const rounds = [...new Set(readLines('results.tsv').map((l) => l.split('\t')[1]))].sort();
+const rounds = [...new Set(readLines('results.tsv').map((l) => l.split('\t')[1]))].sort((a, b) => a - b);
 
 const value = (server, round, col) => results[server]?.[round]?.[col.job]?.[col.field];
 const best = (server, col) => {
@@ -94,16 +99,34 @@ if (meta.note) {
   lines.push('');
   lines.push(`**${meta.note}**`);
 }
+// Warn above the table when the numbers are shaky.
+const disagree = [];
+for (const s of servers) {
+  if (!results[s] || rounds.length < 2) continue;
+  for (const c of COLS) {
+    const v = rounds.map((r) => value(s, r, c)).filter(Number.isFinite);
+    const max = Math.max(...v);
+    if (v.length < rounds.length || (max > 0 && (max - Math.min(...v)) / max > AGREE)) {
+      disagree.push(s);
+      break;
+    }
+  }
+}
+const busy = Object.values(machine).flatMap((m) => Object.values(m)).filter((m) => Number(m.other) >= 0.25).length;
+if (disagree.length || busy) {
+  lines.push('');
+  const parts = [];
+  if (disagree.length) parts.push(`the rounds did not agree within ${pct(AGREE)} for ${disagree.join(', ')}`);
+  if (busy) parts.push(`other processes used ≥ 0.25 cores during ${busy} of the (server, round) runs`);
+  lines.push(`**Caution: ${parts.join('; ')} (see below); treat these numbers as indicative and rerun on a quiet machine.**`);
+}
 lines.push('');
 lines.push(`| server | ${COLS.map((c) => c.title).join(' | ')} |`);
 lines.push(`|---|${COLS.map(() => '---:').join('|')}|`);
 for (const s of servers) {
   const label = meta[`label:${s}`] ?? s;
   if (!results[s]) {
-    const why = Object.entries(failures[s] ?? {})
-      .map(([r, m]) => `round ${r}: ${m}`)
-      .join('; ');
-    lines.push(`| ${label} | ${COLS.map(() => 'failed').join(' | ')} |${why ? ` <!-- ${why} -->` : ''}`);
+    lines.push(`| ${label} | ${COLS.map(() => 'failed').join(' | ')} |`);
     continue;
   }
   lines.push(`| ${label} | ${COLS.map((c) => fmt(c, best(s, c))).join(' | ')} |`);
@@ -118,6 +141,13 @@ for (const t of tvs) {
       return Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : '–';
     });
     lines.push(`| *${t} / ${r}* | ${cells.join(' | ')} |`);
+  }
+}
+const failed = servers.filter((s) => failures[s]);
+if (failed.length) {
+  lines.push('');
+  for (const s of failed) {
+    for (const [r, m] of Object.entries(failures[s])) lines.push(`- ${s} failed in round ${r}: ${m.trim()}`);
   }
 }
 lines.push('');
@@ -166,18 +196,27 @@ for (const s of servers) {
 lines.push('');
 
 // Per-round numbers.
-lines.push('Per round:');
+lines.push(
+  `Per round ("other CPU" = cores' worth of CPU (user + system, kernel threads excluded) that processes other ` +
+    `than fio and the server used on ` +
+    `average while that server ran, out of ${meta.cores ?? '?'}; bold from 0.25 on: the shared machine was busy and that ` +
+    'row is less trustworthy; "disk" = MB/s of 512 MiB O_DIRECT writes to a new file just before / just after ' +
+    'that server ran, a canary for the speed of the shared virtual disk):',
+);
 lines.push('');
-lines.push(`| server | round | ${COLS.map((c) => c.title).join(' | ')} |`);
-lines.push(`|---|---:|${COLS.map(() => '---:').join('|')}|`);
+lines.push(`| server | round | ${COLS.map((c) => c.title).join(' | ')} | other CPU | disk |`);
+lines.push(`|---|---:|${COLS.map(() => '---:').join('|')}|---:|---:|`);
 for (const r of rounds) {
   for (const s of servers) {
     if (failures[s]?.[r] && !results[s]?.[r]) {
-      lines.push(`| ${s} | ${r} | failed: ${failures[s][r].replace(/\|/g, '/')} |${COLS.slice(1).map(() => '').join(' |')} |`);
+      lines.push(`| ${s} | ${r} | failed: ${failures[s][r].replace(/\|/g, '/')} |${COLS.slice(1).map(() => '').join(' |')} | | |`);
       continue;
     }
     if (!results[s]?.[r]) continue;
-    lines.push(`| ${s} | ${r} | ${COLS.map((c) => fmt(c, value(s, r, c))).join(' | ')} |`);
+    const m = machine[s]?.[r];
+    lines.push(
+      `| ${s} | ${r} | ${COLS.map((c) => fmt(c, value(s, r, c))).join(' | ')} | ${m ? (Number(m.other) >= 0.25 ? `**${m.other}**` : m.other) : '–'} | ${m?.disk ?? '–'} |`,
+    );
   }
 }
 lines.push('');

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# run.sh — what `npm run bench` runs: build thinvault if needed, then every benchmark in bench/.
+#
+#   bash bench/run.sh [fio-compare options]     e.g. bash bench/run.sh --rounds 1 --out none
+#
+# Arguments are passed to bench/fio-compare.sh (after the default --servers, so a --servers given here wins).
+# Every step runs even when an earlier one failed; the exit status is non-zero if any step failed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+status=0
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# 1. Build (TypeScript, and the native addon when it has not been built yet). Never installs packages.
+needs_build=0
+if [[ ! -f dist/cli/main.js ]]; then
+  needs_build=1
+elif [[ -n $(find src tsconfig.json package.json -newer dist/cli/main.js -print -quit 2>/dev/null) ]]; then
+  needs_build=1
+fi
+if [[ $needs_build == 1 ]]; then
+  say "building (npm run build)"
+  if ! timeout 600 npm run build; then
+    say "build failed: the thinvault rows will show as failed"
+    status=1
+  fi
+fi
+if [[ -f binding.gyp ]] && ! compgen -G 'build/Release/*.node' >/dev/null; then
+  if [[ -x node_modules/.bin/node-gyp ]]; then
+    say "building the native addon (node-gyp rebuild)"
+    timeout 900 node_modules/.bin/node-gyp rebuild || { say "native addon build failed"; status=1; }
+  else
+    say "binding.gyp present but node-gyp is not installed; skipping the addon build"
+  fi
+fi
+
+# 2. fio comparison against nbdkit and qemu-nbd (writes docs/benchmarks.md unless --out none is given).
+say "bench/fio-compare.sh"
+bash bench/fio-compare.sh --servers nbdkit-file,nbdkit-sparse,qemu-nbd,thinvault "$@" || status=1
+
+# 3. CRC32C throughput (bench/crc32c.mjs is written separately; skipped while it does not exist).
+if [[ -f bench/crc32c.mjs ]]; then
+  say "node bench/crc32c.mjs"
+  timeout 600 node bench/crc32c.mjs || status=1
+else
+  say "bench/crc32c.mjs not present; skipped"
+fi
+
+exit "$status"
