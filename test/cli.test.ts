@@ -33,6 +33,9 @@ describe('CLI and control socket', () => {
     d = await startDaemon();
   });
   afterAll(async () => {
+    // `thinvault stop` drains and exits 0 (d.stop() then only waits for the exit)
+    const stop = await d.cli(['stop']);
+    expect(stop.code, stop.stderr).toBe(0);
     expect(await d.stop()).toBe(0);
   });
 

@@ -153,6 +153,10 @@ addClientOptions(program.command('status').description('pool usage, volumes and 
   ),
 );
 
+addClientOptions(program.command('stop').description('drain NBD connections, checkpoint the pool and stop the daemon')).action(
+  (opts: ClientOptions) => runClientCommand(opts, 'daemon.stop', {}, () => 'daemon stopping'),
+);
+
 const poolGroup = program.command('pool').description('pool-wide maintenance');
 addClientOptions(poolGroup.command('check').description('read-only consistency check of the pool metadata')).action((opts: ClientOptions) =>
   runClientCommand<{ ok: boolean; problems: string[]; checked: { volumes: number; mappedChunks: number; chunksTotal: number } }>(
