@@ -361,7 +361,8 @@ run_one() { # SERVER ROUND
     "disk canary before/after: ${canary0:-?}/${canary1:-?} MB/s"
 }
 
-# thinvault variants: "plain" uses only the hooks from the environment; "tracked-snap" (tracking on, a snapshot
+# thinvault variants: "plain" uses only the hooks from the environment; "new-gen" advances the generation after
+# the prefill (the random jobs then pay for marking every chunk they first touch); "tracked-snap" (tracking on, a snapshot
 # present during every job) defaults the hooks to taking snapshots when they are not set. The snapshot CLI is not
 # written yet: override THINVAULT_SETUP / THINVAULT_SETUP_RANDOM if its syntax differs.
 TV_SETUP=${THINVAULT_SETUP:-}
@@ -369,6 +370,12 @@ TV_SETUP_RANDOM=${THINVAULT_SETUP_RANDOM:-}
 variant_hooks() { # VARIANT -> sets TV_SETUP / TV_SETUP_RANDOM for this server entry
   TV_SETUP=${THINVAULT_SETUP:-}
   TV_SETUP_RANDOM=${THINVAULT_SETUP_RANDOM:-}
+  if [[ $1 == new-gen ]]; then
+    # tracking cost: the random jobs start in a fresh generation, so the first write into each chunk must make
+    # its "changed in generation G" mark durable before the data goes down (commit-rules.ts, W3)
+    # shellcheck disable=SC2016
+    if [[ -z $TV_SETUP_RANDOM ]]; then TV_SETUP_RANDOM='$TV volume advance-generation "$TV_EXPORT" --control "$TV_CTL"'; fi
+  fi
   if [[ $1 == tracked-snap ]]; then
     # shellcheck disable=SC2016 # expanded by the hook shell
     if [[ -z $TV_SETUP ]]; then TV_SETUP='$TV snapshot create "$TV_EXPORT" bench-empty --control "$TV_CTL"'; fi
