@@ -11,7 +11,8 @@ import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
-export const CLI = path.join(ROOT, 'dist/cli/main.js');
+/** TV_TEST_CLI points the harness at another build (e.g. a deliberately broken copy, to check that a test catches it) */
+export const CLI = process.env.TV_TEST_CLI ?? path.join(ROOT, 'dist/cli/main.js');
 
 /** Build dist/ once per test process if it is missing or older than src/. */
 let built = false;
@@ -111,6 +112,10 @@ export interface StartOptions {
   initArgs?: string[];
   serveArgs?: string[];
   env?: NodeJS.ProcessEnv;
+  /** NBD Unix socket path (default: a fresh name next to the pool); reuse one to restart on a stale socket */
+  nbdSocket?: string;
+  /** how long to wait for the daemon to listen (default 20 s; recovery after a crash may need longer) */
+  startTimeoutMs?: number;
 }
 
 export async function startDaemon(opts: StartOptions = {}): Promise<Daemon> {
@@ -121,7 +126,7 @@ export async function startDaemon(opts: StartOptions = {}): Promise<Daemon> {
     const r = await cli(['init', pool, ...(opts.initArgs ?? [])]);
     if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
   }
-  const nbdSocket = path.join(dir, `nbd-${process.pid}-${Math.random().toString(36).slice(2, 8)}.sock`);
+  const nbdSocket = opts.nbdSocket ?? path.join(dir, `nbd-${process.pid}-${Math.random().toString(36).slice(2, 8)}.sock`);
   const control = path.join(pool, 'control.sock');
   const child = spawn(process.execPath, [CLI, 'serve', pool, '--socket', nbdSocket, ...(opts.serveArgs ?? [])], {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -134,8 +139,8 @@ export async function startDaemon(opts: StartOptions = {}): Promise<Daemon> {
     if (stderr.length > 4_000_000) stderr = stderr.slice(-2_000_000);
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  await waitForSocket(nbdSocket, child, () => stderr);
-  await waitForSocket(control, child, () => stderr);
+  await waitForSocket(nbdSocket, child, () => stderr, opts.startTimeoutMs);
+  await waitForSocket(control, child, () => stderr, opts.startTimeoutMs);
   return {
     pool,
     nbdSocket,
@@ -155,3 +160,46 @@ export async function startDaemon(opts: StartOptions = {}): Promise<Daemon> {
     },
   };
 }
+
+/**
+ * Starts the daemon again on the same pool and the same NBD socket path, as an operator would after a crash:
+ * no clean-up in between (a stale lock file, control socket and NBD socket are the server's business).
+ */
+export function restartDaemon(d: Daemon, opts: Omit<StartOptions, 'pool' | 'init' | 'nbdSocket'> = {}): Promise<Daemon> {
+  return startDaemon({ ...opts, pool: d.pool, init: false, nbdSocket: d.nbdSocket });
+}
+
+/** Runs a client subcommand with --json against the daemon and parses the result; throws with stderr on failure. */
+export async function cliJson<T = unknown>(d: Daemon, args: string[]): Promise<T> {
+  const r = await d.cli([...args, '--json']);
+  if (r.code !== 0) throw new Error(`thinvault ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+  try {
+    return JSON.parse(r.stdout) as T;
+  } catch {
+    throw new Error(`thinvault ${args.join(' ')} printed no JSON: ${r.stdout.slice(0, 500)}`);
+  }
+}
+
+/** `thinvault pool check --json` against the daemon: {ok, problems, ...}; an inconsistent pool is a result, not a throw. */
+export async function poolCheck(d: Daemon): Promise<{ ok: boolean; problems: string[] }> {
+  const r = await d.cli(['pool', 'check', '--json']);
+  try {
+    const res = JSON.parse(r.stdout) as { ok: boolean; problems: string[] };
+    if (typeof res.ok === 'boolean' && Array.isArray(res.problems)) return res;
+  } catch {
+    // fall through
+  }
+  throw new Error(`thinvault pool check failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`);
+}
+
+/** Resolves when the child has exited (or at once if it already has), with its exit code or signal. */
+export function childExit(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+}
+
+/** True when CI=true (or 1): tests that need qemu and a kernel image must fail there instead of skipping. */
+export const IN_CI = /^(1|true)$/i.test(process.env.CI ?? '');
+
+/** /usr/bin/python3 has Debian's libnbd module (the pyenv python3 on PATH does not). */
+export const PYTHON = '/usr/bin/python3';
