@@ -1,6 +1,6 @@
 /**
  * The real Linux kernel NBD client (nbd.ko + nbd-client) against the real daemon, inside a qemu TCG guest
- * (/work/shared/tools/nbd-vm, see its README): the default guest test (mkfs.ext4, mount, files + md5, e2fsck,
+ * (../shared/tools/nbd-vm, see its README): the default guest test (mkfs.ext4, mount, files + md5, e2fsck,
  * fstrim, raw dd), and a custom guest script that writes known sectors with dd (512-byte O_DIRECT writes, 512-byte
  * and 4 KiB writes through the page cache), discards ranges with blkdiscard and syncs; the host then reads the
  * volume back with nbdcopy and checks every byte, the holes and the generation map.
@@ -12,9 +12,9 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startDaemon, cliJson, childExit, tempDir, tool, IN_CI, type Daemon } from './helpers/daemon.js';
+import { startDaemon, cliJson, childExit, tempDir, tool, IN_CI, SHARED, type Daemon } from './helpers/daemon.js';
 
-const NBD_VM = process.env.NBDVM_TEST ?? '/work/shared/tools/nbd-vm/nbd-vm-test';
+const NBD_VM = process.env.NBDVM_TEST ?? path.join(SHARED, 'tools/nbd-vm/nbd-vm-test');
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const CHUNK = 64 * KiB;

@@ -1,5 +1,5 @@
 /**
- * Power cut under FUA/FLUSH writes: /work/shared/tools/powerloss/powerloss-test runs `thinvault serve` inside a qemu
+ * Power cut under FUA/FLUSH writes: ../shared/tools/powerloss/powerloss-test runs `thinvault serve` inside a qemu
  * TCG guest with the pool on a virtio disk, writes acknowledged blocks from the host, SIGKILLs qemu (all guest RAM,
  * page cache included, is gone), boots again on the same disk and checks every acknowledged write (see its README).
  *
@@ -24,9 +24,9 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ROOT, PYTHON, IN_CI, childExit, tempDir, ensureBuilt } from './helpers/daemon.js';
+import { ROOT, SHARED, PYTHON, IN_CI, childExit, tempDir, ensureBuilt } from './helpers/daemon.js';
 
-const POWERLOSS = process.env.POWERLOSS_TEST ?? '/work/shared/tools/powerloss/powerloss-test';
+const POWERLOSS = process.env.POWERLOSS_TEST ?? path.join(SHARED, 'tools/powerloss/powerloss-test');
 const LOAD_ADAPTER = path.join(ROOT, 'test/tools/powerloss-load-oracle.py');
 const SEED = Number(process.env.TV_POWERLOSS_SEED ?? Math.floor(Math.random() * 1_000_000));
 const TRIALS = Number(process.env.TV_POWERLOSS_TRIALS ?? 3);

@@ -11,6 +11,8 @@ import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+/** ../shared beside the checkout (CI clones main next to it): the nbd-vm and powerloss tools live there */
+export const SHARED = path.resolve(ROOT, '../shared');
 /** TV_TEST_CLI points the harness at another build (e.g. a deliberately broken copy, to check that a test catches it) */
 export const CLI = process.env.TV_TEST_CLI ?? path.join(ROOT, 'dist/cli/main.js');
 
