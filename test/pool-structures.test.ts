@@ -159,4 +159,31 @@ describe('SyncCoalescer', () => {
     await Promise.all([s.sync(), s.sync(), s.sync(), s.sync()]);
     expect(log).toEqual(['start 1', 'end 1', 'start 2', 'end 2']);
   });
+
+  test('a request joins the running sync when no modification completed since it started, else waits for the next', async () => {
+    const log: string[] = [];
+    let n = 0;
+    let version = 0;
+    const s = new SyncCoalescer(
+      async () => {
+        const k = ++n;
+        log.push(`start ${k}`);
+        await new Promise((r) => setTimeout(r, 10));
+        log.push(`end ${k}`);
+      },
+      () => version,
+    );
+    // a burst of flushes with no write in between: one fdatasync serves them all
+    await Promise.all([s.sync(), s.sync(), s.sync()]);
+    expect(log).toEqual(['start 1', 'end 1']);
+    // a write completes while a sync runs: a flush issued after it must not be served by the running sync
+    const first = s.sync();
+    version++;
+    const second = s.sync();
+    let firstDone = false;
+    void first.then(() => (firstDone = true));
+    await second;
+    expect(firstDone).toBe(true);
+    expect(log).toEqual(['start 1', 'end 1', 'start 2', 'end 2', 'start 3', 'end 3']);
+  });
 });

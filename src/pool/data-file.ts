@@ -10,6 +10,8 @@ import { SyncCoalescer } from './sync-coalescer.js';
 export class DataFile {
   private readonly syncer: SyncCoalescer;
   private closed = false;
+  /** bumped as each modification of the file completes (lets a flush join an fdatasync already running) */
+  private modifications = 0;
 
   private constructor(
     readonly fd: number,
@@ -17,8 +19,17 @@ export class DataFile {
     /** bytes, a multiple of chunkSize */
     public size: number,
   ) {
-    this.syncer = new SyncCoalescer(() => native.fdatasync(this.fd));
+    this.syncer = new SyncCoalescer(
+      () => native.fdatasync(this.fd),
+      () => this.modifications,
+    );
   }
+
+  /** pass-through for a completed data write's promise: `native.pwrite(...).then(data.written)` */
+  readonly written = (bytes: number): number => {
+    this.modifications++;
+    return bytes;
+  };
 
   static async open(file: string, chunkSize: number): Promise<DataFile> {
     let fd: number;
@@ -47,12 +58,14 @@ export class DataFile {
   async extend(chunks: number): Promise<void> {
     const start = this.size;
     await native.fallocate(this.fd, start, chunks * this.chunkSize);
+    this.modifications++;
     this.size = start + chunks * this.chunkSize;
   }
 
   /** makes whole chunks read as zeros (metadata-only on ext4/xfs) */
   async zeroChunks(first: number, count: number): Promise<void> {
     await native.zeroRange(this.fd, first * this.chunkSize, count * this.chunkSize);
+    this.modifications++;
   }
 
   close(): void {

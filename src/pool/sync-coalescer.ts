@@ -1,18 +1,27 @@
 /**
- * Coalesces durability requests for one file: `sync()` resolves after an fdatasync that *started* after the call.
- * Requests arriving while one runs share the next one.
+ * Coalesces durability requests for one file: `sync()` resolves after an fdatasync that covers every modification
+ * completed before the call. That is one that started after the call, or, when `version()` (a counter the owner
+ * bumps as each modification completes) has not moved since the running one started, the running one: nothing
+ * completed in between, so it covers the same. Requests arriving while one runs share the next one. The second
+ * rule matters for bursts of flushes with no writes between them (fio sends one per free queue slot).
  */
 export class SyncCoalescer {
   private running: Promise<void> | null = null;
+  private runningVersion = -1;
   private nextRun: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | null = null;
 
-  constructor(private readonly doSync: () => Promise<void>) {}
+  constructor(
+    private readonly doSync: () => Promise<void>,
+    private readonly version: () => number = () => -1,
+  ) {}
 
   sync(): Promise<void> {
     if (this.running === null) {
       this.running = this.start();
       return this.running;
     }
+    const v = this.version();
+    if (v >= 0 && v === this.runningVersion) return this.running;
     if (this.nextRun === null) {
       let resolve!: () => void;
       let reject!: (e: unknown) => void;
@@ -26,6 +35,7 @@ export class SyncCoalescer {
   }
 
   private async start(): Promise<void> {
+    this.runningVersion = this.version();
     try {
       await this.doSync();
     } finally {

@@ -406,13 +406,16 @@ export class Volume {
   }
 
   private writeRun(fd: number, data: Buffer | null, pos: number, start: number, end: number, len: number): Promise<number> {
-    if (data !== null) return native.pwrite(fd, start === 0 && end === len ? data : data.subarray(start, end), pos);
+    // every completed data write is counted (DataFile.written), so a flush can tell whether an fdatasync
+    // already running covers it
+    const written = this.ctx.data.written;
+    if (data !== null) return native.pwrite(fd, start === 0 && end === len ? data : data.subarray(start, end), pos).then(written);
     const zeros = this.ctx.zeros;
     let n = end - start;
-    if (n <= zeros.length) return native.pwrite(fd, zeros.subarray(0, n), pos);
+    if (n <= zeros.length) return native.pwrite(fd, zeros.subarray(0, n), pos).then(written);
     const iov: Buffer[] = [];
     for (; n > 0; n -= zeros.length) iov.push(n >= zeros.length ? zeros : zeros.subarray(0, n));
-    return native.pwritev(fd, iov, pos);
+    return native.pwritev(fd, iov, pos).then(written);
   }
 
   // ---------------------------------------------------------------- trim / zero
