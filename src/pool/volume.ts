@@ -129,6 +129,12 @@ async function readRest(fd: number, view: Buffer, pos: number, done: number): Pr
   if (done + got < view.length) view.fill(0, done + got);
 }
 
+/**
+ * Reads up to this size are tried from the page cache on the event loop (no thread-pool hop, which dominates small
+ * reads); larger ones go to the thread pool, so that copying them overlaps with the event loop's socket writes.
+ */
+const SYNC_READ_MAX = 256 * 1024;
+
 export class Volume {
   /** callers holding the volume open (acquire/release) */
   openCount = 0;
@@ -244,11 +250,13 @@ export class Volume {
     pending: Promise<void>[] | null,
   ): Promise<void>[] | null {
     const view = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
-    let n: number;
-    try {
-      n = native.preadNoWait(fd, view, pos);
-    } catch {
-      n = -1; // let the thread-pool read report (or not) the error, after the reads already issued
+    let n = -1;
+    if (view.length <= SYNC_READ_MAX) {
+      try {
+        n = native.preadNoWait(fd, view, pos);
+      } catch {
+        n = -1; // let the thread-pool read report (or not) the error, after the reads already issued
+      }
     }
     if (n === view.length) return pending;
     const p = readRest(fd, view, pos, n > 0 ? n : 0);
