@@ -177,6 +177,7 @@ describe('SyncCoalescer', () => {
     await Promise.all([s.sync(), s.sync(), s.sync()]);
     expect(log).toEqual(['start 1', 'end 1']);
     // a write completes while a sync runs: a flush issued after it must not be served by the running sync
+    version++;
     const first = s.sync();
     version++;
     const second = s.sync();
@@ -185,5 +186,27 @@ describe('SyncCoalescer', () => {
     await second;
     expect(firstDone).toBe(true);
     expect(log).toEqual(['start 1', 'end 1', 'start 2', 'end 2', 'start 3', 'end 3']);
+    // nothing completed since the last sync started: already durable, no new fdatasync
+    await s.sync();
+    expect(n).toBe(3);
+    version++;
+    await s.sync();
+    expect(n).toBe(4);
+  });
+
+  test('a failed sync does not count as durable', async () => {
+    let calls = 0;
+    const s = new SyncCoalescer(
+      async () => {
+        calls++;
+        if (calls === 1) throw new Error('EIO');
+      },
+      () => 7,
+    );
+    await expect(s.sync()).rejects.toThrow('EIO');
+    await s.sync();
+    expect(calls).toBe(2);
+    await s.sync();
+    expect(calls).toBe(2);
   });
 });
