@@ -9,10 +9,10 @@
  * list). Without them the tests skip locally with a message, and fail when CI=true.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startDaemon, cliJson, childExit, tempDir, tool, IN_CI, SHARED, type Daemon } from './helpers/daemon.js';
+import { startDaemon, cliJson, childExit, tempDir, tool, IN_CI, SHARED, missingVmPrerequisites, type Daemon } from './helpers/daemon.js';
 
 const NBD_VM = process.env.NBDVM_TEST ?? path.join(SHARED, 'tools/nbd-vm/nbd-vm-test');
 const KiB = 1024;
@@ -20,28 +20,7 @@ const MiB = 1024 * KiB;
 const CHUNK = 64 * KiB;
 const VOL_SIZE = 128 * MiB;
 
-function missingPrerequisites(): string[] {
-  const missing: string[] = [];
-  const onPath = (cmd: string) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (!fs.existsSync(NBD_VM)) missing.push(NBD_VM);
-  for (const cmd of ['qemu-system-x86_64', 'busybox', 'nbd-client', 'cpio', 'socat', 'nbdcopy', 'nbdinfo']) {
-    if (!onPath(cmd) && !fs.existsSync(`/usr/sbin/${cmd}`)) missing.push(cmd);
-  }
-  const kernels = fs.existsSync('/boot')
-    ? fs.readdirSync('/boot').filter((f) => f.startsWith('vmlinuz-') && fs.existsSync(`/lib/modules/${f.slice(8)}`))
-    : [];
-  if (kernels.length === 0) missing.push('a kernel image /boot/vmlinuz-<ver> with /lib/modules/<ver> (linux-image-amd64)');
-  return missing;
-}
-
-const missing = missingPrerequisites();
+const missing = missingVmPrerequisites(NBD_VM, ['qemu-system-x86_64', 'busybox', 'nbd-client', 'cpio', 'socat', 'nbdcopy', 'nbdinfo']);
 const skipLocally = missing.length > 0 && !IN_CI;
 if (skipLocally) {
   console.warn(`kernel-client.test: SKIPPED, missing ${missing.join(', ')} (install them as the nbd-vm README says; with CI=true this fails)`);

@@ -24,7 +24,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ROOT, SHARED, PYTHON, IN_CI, childExit, tempDir, ensureBuilt } from './helpers/daemon.js';
+import { ROOT, SHARED, PYTHON, IN_CI, childExit, tempDir, ensureBuilt, missingVmPrerequisites } from './helpers/daemon.js';
 
 const POWERLOSS = process.env.POWERLOSS_TEST ?? path.join(SHARED, 'tools/powerloss/powerloss-test');
 const LOAD_ADAPTER = path.join(ROOT, 'test/tools/powerloss-load-oracle.py');
@@ -34,26 +34,12 @@ const TRIALS = Number(process.env.TV_POWERLOSS_TRIALS ?? 3);
 const BUILD_ONLY = new Set(['node-gyp', 'node-addon-api']);
 
 function missingPrerequisites(): string[] {
-  const missing: string[] = [];
-  const onPath = (cmd: string) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${cmd} || test -x /usr/sbin/${cmd} || test -x /sbin/${cmd}`], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (!fs.existsSync(POWERLOSS)) missing.push(POWERLOSS);
-  for (const cmd of ['qemu-system-x86_64', 'busybox', 'mke2fs', 'cpio', 'nbdkit']) if (!onPath(cmd)) missing.push(cmd);
+  const missing = missingVmPrerequisites(POWERLOSS, ['qemu-system-x86_64', 'busybox', 'mke2fs', 'cpio', 'nbdkit']);
   try {
     execFileSync(PYTHON, ['-c', 'import nbd'], { stdio: 'ignore' });
   } catch {
     missing.push(`${PYTHON} with the nbd module (python3-libnbd)`);
   }
-  const kernels = fs.existsSync('/boot')
-    ? fs.readdirSync('/boot').filter((f) => f.startsWith('vmlinuz-') && fs.existsSync(`/lib/modules/${f.slice(8)}`))
-    : [];
-  if (kernels.length === 0) missing.push('a kernel image /boot/vmlinuz-<ver> with /lib/modules/<ver>');
   return missing;
 }
 

@@ -205,3 +205,23 @@ export const IN_CI = /^(1|true)$/i.test(process.env.CI ?? '');
 
 /** /usr/bin/python3 has Debian's libnbd module (the pyenv python3 on PATH does not). */
 export const PYTHON = '/usr/bin/python3';
+
+/**
+ * What a qemu-guest test (nbd-vm, powerloss) lacks on this machine: the harness script, the commands, and a
+ * kernel image with its modules. Empty when everything is there.
+ */
+export function missingVmPrerequisites(harness: string, commands: string[]): string[] {
+  const missing: string[] = [];
+  if (!fs.existsSync(harness)) missing.push(harness);
+  for (const cmd of commands) {
+    const found = ['/usr/bin', '/bin', '/usr/sbin', '/sbin', ...(process.env.PATH ?? '').split(':')].some(
+      (dir) => dir !== '' && fs.existsSync(path.join(dir, cmd)),
+    );
+    if (!found) missing.push(cmd);
+  }
+  const kernels = fs.existsSync('/boot')
+    ? fs.readdirSync('/boot').filter((f) => f.startsWith('vmlinuz-') && fs.existsSync(`/lib/modules/${f.slice(8)}`))
+    : [];
+  if (kernels.length === 0) missing.push('a kernel image /boot/vmlinuz-<ver> with /lib/modules/<ver> (linux-image-amd64)');
+  return missing;
+}
