@@ -6,7 +6,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startDaemon, cli, tempDir, tool, ensureBuilt, type Daemon } from './helpers/daemon.js';
+import { startDaemon, cli, tempDir, tool, ensureBuilt, CLI, PYTHON, type Daemon } from './helpers/daemon.js';
 
 function rawControl(socketPath: string, lines: string[]): Promise<string[]> {
   return new Promise((resolve, reject) => {
@@ -33,10 +33,10 @@ describe('CLI and control socket', () => {
     d = await startDaemon();
   });
   afterAll(async () => {
-    // `thinvault stop` drains and exits 0 (d.stop() then only waits for the exit)
+    // `thinvault stop` drains, checkpoints and exits 0 by itself
     const stop = await d.cli(['stop']);
     expect(stop.code, stop.stderr).toBe(0);
-    expect(await d.stop()).toBe(0);
+    expect(await d.waitExit()).toBe(0);
   });
 
   it('creates, lists, inspects, resizes and deletes volumes', async () => {
@@ -235,5 +235,47 @@ describe('pool lock, init and full pool', () => {
     } finally {
       expect(await d.stop()).toBe(0);
     }
+  });
+});
+
+describe('stdio and socket activation through the real CLI', () => {
+  beforeAll(ensureBuilt);
+
+  it('serve --stdio serves one client on stdin/stdout, maps the empty export name, and leaves the pool consistent', async () => {
+    const d = await startDaemon();
+    expect((await d.cli(['volume', 'create', 'vol0', '--size', '16MiB'])).code).toBe(0);
+    expect((await d.cli(['stop'])).code).toBe(0);
+    expect(await d.waitExit()).toBe(0);
+    // libnbd's connect_command runs the server with the NBD stream on its stdin/stdout
+    const script = [
+      'import nbd, sys',
+      'h = nbd.NBD()',
+      "h.set_export_name('')",
+      `h.connect_command([${JSON.stringify(process.execPath)}, ${JSON.stringify(CLI)}, 'serve', ${JSON.stringify(d.pool)}, '--stdio', 'vol0'])`,
+      'print(h.get_size())',
+      "h.pwrite(b'\\x5a' * 65536, 1048576)",
+      'h.flush()',
+      'h.shutdown()',
+    ].join('\n');
+    const out = await tool(PYTHON, ['-c', script]);
+    expect(out.trim()).toBe(String(16 * 1024 * 1024));
+    const again = await startDaemon({ pool: d.pool });
+    try {
+      await tool('qemu-io', ['-f', 'raw', again.uri('vol0'), '-c', 'read -P 0x5a 1M 64k', '-c', 'read -P 0 0 1M']);
+      const check = await again.cli(['pool', 'check']);
+      expect(check.code, check.stdout).toBe(0);
+    } finally {
+      expect(await again.stop()).toBe(0);
+    }
+  });
+
+  it('serve under socket activation (LISTEN_FDS) serves the pool on the inherited socket only', async () => {
+    const d = await startDaemon();
+    expect((await d.cli(['volume', 'create', 'activated', '--size', '8MiB'])).code).toBe(0);
+    expect((await d.cli(['stop'])).code).toBe(0);
+    expect(await d.waitExit()).toBe(0);
+    // nbdinfo's [ CMD ] form passes a listening socket with LISTEN_PID/LISTEN_FDS, like systemd
+    const list = JSON.parse(await tool('nbdinfo', ['--list', '--json', '--', '[', process.execPath, CLI, 'serve', d.pool, ']']));
+    expect(list.exports.map((e: { 'export-name': string }) => e['export-name'])).toEqual(['activated']);
   });
 });

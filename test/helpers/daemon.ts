@@ -104,6 +104,11 @@ export interface Daemon {
   cli(args: string[]): Promise<CliResult>;
   /** SIGTERM and wait for a clean exit */
   stop(): Promise<number | null>;
+  /**
+   * wait for the daemon to exit by itself (after `thinvault stop`); a SIGTERM then could land in the instant
+   * the process is already exiting, when Node has put the default signal action back
+   */
+  waitExit(): Promise<number | null>;
   /** SIGKILL and wait */
   kill(): Promise<void>;
 }
@@ -153,6 +158,10 @@ export async function startDaemon(opts: StartOptions = {}): Promise<Daemon> {
     cli: (args) => cli([...args, '--control', control]),
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+      return child.exitCode;
+    },
+    async waitExit() {
       await exited;
       return child.exitCode;
     },
