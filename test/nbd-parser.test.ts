@@ -58,6 +58,11 @@ class RecordingSink implements RequestSink {
     this.acquired++;
     return Buffer.alloc(length + 7); // bigger than asked, like the pool
   }
+  /** pause after this many dispatched requests (Infinity: never) */
+  pauseAfter = Infinity;
+  shouldPause(): boolean {
+    return this.seen.length >= this.pauseAfter;
+  }
 }
 
 const payload = pattern(100, 1);
@@ -142,5 +147,19 @@ describe('BufferPool', () => {
     expect(pool.retainedBytes).toBe(0);
     pool.release(Buffer.alloc(3000)); // not one of ours
     expect(pool.retainedBytes).toBe(0);
+  });
+});
+
+describe('RequestParser pausing at request boundaries', () => {
+  it('stops before a header when the sink asks, reports the bytes used, and resumes from there', () => {
+    const sink = new RecordingSink();
+    sink.pauseAfter = 1;
+    const parser = new RequestParser(sink);
+    const used = parser.push(stream);
+    expect(sink.seen.length).toBe(1);
+    expect(used).toBe(28); // exactly the first request (a READ header)
+    sink.pauseAfter = Infinity;
+    expect(parser.push(stream.subarray(used))).toBe(stream.length - used);
+    expect(sink.seen.map((r) => Number(r.cookie & 0xffn))).toEqual([0x08, 2, 3, 4, ...sink.seen.slice(4).map((r) => Number(r.cookie & 0xffn))]);
   });
 });

@@ -543,6 +543,31 @@ describe('pipelining, disconnects and concurrency', () => {
     c.destroy();
   });
 
+  it('a socket chunk full of large READ headers starts no more reads than the in-flight budget allows', async () => {
+    // 64 READs of 1 MiB in one 1792-byte write: before the fix every header in the chunk was dispatched (and its
+    // buffer allocated) at once; a flood of 32 MiB READs this way could exhaust the daemon's memory
+    const slow = exp('slow');
+    slow.maxInFlight = 0;
+    const c = await client('slow');
+    const n = 64;
+    const headers: Buffer[] = [];
+    for (let i = 0; i < n; i++) {
+      const h = Buffer.alloc(28);
+      h.writeUInt32BE(0x25609513, 0); // NBD_REQUEST_MAGIC
+      h.writeUInt16BE(0, 4);
+      h.writeUInt16BE(0, 6); // NBD_CMD_READ
+      h.writeBigUInt64BE(BigInt(i), 8);
+      h.writeBigUInt64BE(BigInt(i) * BigInt(MiB), 16);
+      h.writeUInt32BE(MiB, 24);
+      headers.push(h);
+    }
+    c.write(Buffer.concat(headers));
+    for (let i = 0; i < n; i++) expect((await c.readSimpleReply(MiB)).error).toBe(0);
+    // budget 4 MiB of read buffers: at most 4 or 5 reads inside the export at once, not 64
+    expect(slow.maxInFlight).toBeLessThanOrEqual(5);
+    c.destroy();
+  });
+
   it('100 concurrent connections each write and verify their own region', async () => {
     const clients = await Promise.all(
       Array.from({ length: 100 }, (_, i) =>

@@ -36,6 +36,11 @@ export interface RequestSink {
   protocolError(message: string): void;
   /** A buffer of at least `length` bytes for a payload that straddles chunks. */
   acquirePayload(length: number): Buffer;
+  /**
+   * Asked before each new request header: true stops parsing at that request boundary (the in-flight budget is
+   * spent), so one socket chunk full of headers cannot start more work than the budget allows.
+   */
+  shouldPause(): boolean;
 }
 
 const enum ParserState {
@@ -69,12 +74,17 @@ export class RequestParser {
     this.current = null;
   }
 
-  push(chunk: Buffer): void {
+  /**
+   * Parses as much of `chunk` as it may and returns how many bytes it consumed: all of them, unless the sink
+   * asked to pause at a request boundary (the caller keeps the rest and pushes it again later).
+   */
+  push(chunk: Buffer): number {
     const end = chunk.length;
     let pos = 0;
     while (pos < end) {
       switch (this.state) {
         case ParserState.Header:
+          if (this.scratchFill === 0 && this.sink.shouldPause()) return pos;
           if (this.scratchFill === 0 && end - pos >= NBD_REQUEST_SIZE) {
             this.header(chunk, pos);
             pos += NBD_REQUEST_SIZE;
@@ -120,9 +130,10 @@ export class RequestParser {
         }
 
         case ParserState.Stopped:
-          return;
+          return end;
       }
     }
+    return end;
   }
 
   private header(buf: Buffer, at: number): void {

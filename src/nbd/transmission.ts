@@ -21,6 +21,7 @@ import {
   NBD_CMD_WRITE,
   NBD_CMD_WRITE_ZEROES,
   NBD_EINVAL,
+  NBD_ENOMEM,
   NBD_ENOSPC,
   NBD_EPERM,
   NBD_FLAG_READ_ONLY,
@@ -121,6 +122,12 @@ export class Transmission implements RequestSink {
   private inflightRequests = 0;
   private inflightBytes = 0;
   private paused = false;
+  /** bytes of a socket chunk the parser left unparsed because the in-flight budget was spent */
+  private held: Buffer | null = null;
+  /** inside parser.push: a reply finishing synchronously must not re-enter the parser */
+  private feeding = false;
+  /** the client closed its side while requests were still held: drain once they have been parsed */
+  private inputEnded = false;
   /** no more requests will be read (DISC, end of input, broken stream, server shutdown) */
   private draining = false;
   /** output.end() was called */
@@ -263,11 +270,22 @@ export class Transmission implements RequestSink {
     return this.pool.acquire(length);
   }
 
+  shouldPause(): boolean {
+    return this.overBudget();
+  }
+
   /* ---- commands ---- */
 
   private async read(req: NbdRequest): Promise<void> {
     const length = req.length;
-    const pooled = this.pool.acquire(length);
+    let pooled: Buffer;
+    try {
+      pooled = this.pool.acquire(length);
+    } catch {
+      this.replyError(req, NBD_ENOMEM, 'out of memory for the read buffer');
+      this.finish(req);
+      return;
+    }
     const buf = pooled.subarray(0, length);
     this.inflightBytes += length;
     try {
@@ -562,22 +580,45 @@ export class Transmission implements RequestSink {
   /* ---- flow control and teardown ---- */
 
   private readonly onData = (chunk: Buffer): void => {
-    this.parser.push(chunk);
-    if (!this.paused && !this.draining && this.overBudget()) {
+    // 'data' can still arrive right after pause(); keep it behind what is already held back
+    const input = this.held === null ? chunk : Buffer.concat([this.held, chunk]);
+    this.held = null;
+    this.feed(input);
+    if (!this.paused && !this.draining && (this.held !== null || this.overBudget())) {
       this.paused = true;
       this.input.pause();
     }
   };
+
+  /** Pushes bytes into the parser; what it leaves (budget spent) is held until maybeResume. */
+  private feed(bytes: Buffer): void {
+    this.feeding = true;
+    try {
+      const used = this.parser.push(bytes);
+      if (used < bytes.length) this.held = bytes.subarray(used);
+    } finally {
+      this.feeding = false;
+    }
+  }
 
   private overBudget(): boolean {
     return this.inflightBytes > this.maxInFlightBytes || this.inflightRequests > MAX_INFLIGHT_REQUESTS;
   }
 
   private maybeResume(): void {
-    if (this.paused && !this.draining && !this.overBudget()) {
-      this.paused = false;
-      this.input.resume();
+    if (!this.paused || this.draining || this.feeding || this.overBudget()) return;
+    if (this.held !== null) {
+      const held = this.held;
+      this.held = null;
+      this.feed(held);
+      if (this.held !== null || this.overBudget()) return;
+      if (this.inputEnded) {
+        this.onInputEnd();
+        return;
+      }
     }
+    this.paused = false;
+    this.input.resume();
   }
 
   private finish(_req: NbdRequest): void {
@@ -590,6 +631,10 @@ export class Transmission implements RequestSink {
   }
 
   private readonly onInputEnd = (): void => {
+    if (this.held !== null) {
+      this.inputEnded = true;
+      return;
+    }
     if (this.parser.midRequest && !this.parser.stopped) this.log.warn('client closed in the middle of a request');
     this.beginDrain();
   };
