@@ -316,7 +316,8 @@ export class ChunkAllocator {
         w.resolve();
         continue;
       }
-      if (this.clean.count - this.reserved + this.pendingChunks - this.quarantined >= w.n) return; // frees will do
+      // frees will do, unless the free path has stopped for good (journal failure)
+      if (!this.freeFailed && this.clean.count - this.reserved + this.pendingChunks - this.quarantined >= w.n) return;
       if (this.growing !== null) return;
       if (!this.stopped && Date.now() - this.growFailedAt >= GROW_RETRY_MS && this.growChunks() > 0) {
         this.startGrow();
@@ -382,6 +383,8 @@ export class ChunkAllocator {
     } catch (err) {
       this.freeFailed = true;
       this.opts.logger.error({ err: ioError('free path', err).message }, 'free path stopped; freed chunks stay unused until the pool is reopened');
+      // writers waiting for those frees get their answer now (space from growth, or ENOSPC) instead of never
+      this.serveWaiters();
     } finally {
       this.freeRunning = false;
       const d = this.drainWaiters;

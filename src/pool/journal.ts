@@ -147,8 +147,9 @@ export class JournalWriter {
     return this.lastSeq;
   }
 
-  /** resolves when nothing is queued or being written */
+  /** resolves when nothing is queued or being written, or at once after a failure (nothing more will be written) */
   whenIdle(): Promise<void> {
+    if (this.failure && !this.running) return RESOLVED;
     if (!this.running && !this.scheduled && this.len === 0 && this.sealed.length === 0) return RESOLVED;
     return new Promise((resolve) => this.idle.push(resolve));
   }
@@ -196,7 +197,8 @@ export class JournalWriter {
       this.fail(err);
     } finally {
       this.running = false;
-      if (this.len === 0 && this.sealed.length === 0) {
+      // after a failure the staged records will never be written: whoever waits for idleness must not hang
+      if (this.failure || (this.len === 0 && this.sealed.length === 0)) {
         const idle = this.idle;
         this.idle = [];
         for (const f of idle) f();
