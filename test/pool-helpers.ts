@@ -147,9 +147,10 @@ export class VolumeModel {
       const content = Buffer.alloc(size);
       this.content.copy(content);
       this.content = content;
+      // grown chunks count as changed: they may have held data before an earlier shrink
       while (this.mapped.length < n) {
         this.mapped.push(false);
-        this.gen.push(0);
+        this.gen.push(this.current);
       }
     } else if (size < this.size) {
       this.content = Buffer.from(this.content.subarray(0, size));

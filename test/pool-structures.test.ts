@@ -80,7 +80,7 @@ describe('GenerationMap', () => {
         const n = 1 + Math.floor(rnd() * 3000);
         g.resize(n);
         if (n < ref.length) ref.length = n;
-        else while (ref.length < n) ref.push(0);
+        else while (ref.length < n) ref.push(g.current); // grown chunks are marked with the current generation
       } else {
         g.reset();
         ref.fill(0);

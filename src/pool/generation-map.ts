@@ -54,10 +54,15 @@ export class GenerationMap {
     return out;
   }
 
-  /** Volume resized to `chunks` chunks: entries past the end leave the counts; new chunks start at 0. */
+  /**
+   * Volume resized to `chunks` chunks: entries past the end leave the counts; chunks added by a grow are marked
+   * with the current generation. They read as zeros now, but before an earlier shrink (since the last backup)
+   * they may have held data, so "unchanged" (0) could under-report; marking them over-reports at worst.
+   */
   resize(chunks: number): void {
-    if (chunks < this.chunks) {
-      this.table.forEachNonZero(chunks, this.chunks, (_c, g) => {
+    const old = this.chunks;
+    if (chunks < old) {
+      this.table.forEachNonZero(chunks, old, (_c, g) => {
         const n = this.counts.get(g)! - 1;
         if (n === 0) this.counts.delete(g);
         else this.counts.set(g, n);
@@ -65,6 +70,7 @@ export class GenerationMap {
       this.table.truncate(chunks);
     }
     this.chunks = chunks;
+    for (let c = old; c < chunks; c++) this.set(c, this.current);
   }
 
   /** Full-backup semantics: every chunk unchanged, generation 1 starts. */
