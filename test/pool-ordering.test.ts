@@ -164,6 +164,29 @@ test('a journal failure stops the pool cleanly; reopening recovers what was dura
   expect((await readAll(again.volume('v')!, 0, CS)).every((b) => b === 1)).toBe(true);
 });
 
+test('a failed data fdatasync is final: later flushes fail too, even when fdatasync would succeed again', async () => {
+  const { pool, vol } = await setup();
+  const dataFd = internals(pool).data.fd;
+  await vol.write(0, Buffer.alloc(CS, 1), false);
+  h.hook = (c) => {
+    if (c.op === 'fdatasync' && c.fd === dataFd) throw Object.assign(new Error('writeback error'), { code: 'EIO' });
+  };
+  await pool.flush().then(
+    () => expect.fail('flush should fail'),
+    (e: PoolError) => expect(e.code).toBe('EIO'),
+  );
+  h.hook = null; // the disk "recovers": a retried fdatasync would now succeed without the lost pages
+  await vol.write(CS, Buffer.alloc(CS, 2), false);
+  await pool.flush().then(
+    () => expect.fail('a later flush must not acknowledge writes that may be lost'),
+    (e: PoolError) => expect(e.message).toMatch(/fdatasync of the data file failed/),
+  );
+  await vol.write(2 * CS, Buffer.alloc(CS, 3), true).then(
+    () => expect.fail('FUA must fail as well'),
+    (e: PoolError) => expect(e.code).toBe('EIO'),
+  );
+});
+
 test('fallocate ENOSPC: writes needing space fail with ENOSPC, and succeed once the filesystem has room again', async () => {
   const { dir, pool: p0 } = await newPool('order-fa', { chunkSize: CS });
   let pool = p0;

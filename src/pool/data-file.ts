@@ -47,12 +47,20 @@ export class DataFile {
     return this.size / this.chunkSize;
   }
 
-  /** resolves after an fdatasync that started after this call: every write completed before is durable */
+  /**
+   * Resolves once every write completed before this call is durable. A failed fdatasync is final: the kernel
+   * may already have dropped the dirty pages it could not write, so a later fdatasync could succeed without them
+   * and a FLUSH would be acknowledged for lost data. Every later sync fails too, until the pool is reopened.
+   */
   sync(): Promise<void> {
+    if (this.syncFailure !== null) return Promise.reject(this.syncFailure);
     return this.syncer.sync().catch((err) => {
-      throw ioError('fdatasync of the data file failed', err);
+      this.syncFailure ??= ioError('fdatasync of the data file failed; writes since the last good sync may be lost, reopen the pool', err);
+      throw this.syncFailure;
     });
   }
+
+  private syncFailure: Error | null = null;
 
   /** appends `chunks` preallocated chunks (reading as zeros); not yet durable until the next sync() */
   async extend(chunks: number): Promise<void> {
