@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # the power-loss harness (python3-libnbd, busybox, kernel image); openssl for TLS tests.
 PACKAGES=(qemu-utils libnbd-bin nbdkit fio python3-libnbd
           qemu-system-x86 linux-image-amd64 busybox-static cpio nbd-client e2fsprogs socat kmod util-linux
-          openssl procps)
+          openssl procps systemd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +17,7 @@ if ((${#missing[@]})); then
   echo "test-all: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
 # npm ci when node_modules is missing or older than the lock file (it also builds the addon and the TypeScript).
