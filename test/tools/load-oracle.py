@@ -334,6 +334,11 @@ def run(args):
             if not alive[i]:
                 continue
             try:
+                # a handle that died without a poll event (the server vanished) wants no direction at all:
+                # it must count as gone here, or the loop would wait for it until the deadline
+                if h.aio_is_dead() or h.aio_is_closed():
+                    alive[i] = False
+                    continue
                 d = h.aio_get_direction()
             except nbd.Error:
                 alive[i] = False
