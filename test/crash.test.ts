@@ -19,6 +19,7 @@
  * unmaps not replayed -> the daemon refuses the pool, ECORRUPT; single-chunk maps not replayed -> lost writes).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mulberry32 } from './pool-helpers.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -45,18 +46,8 @@ const CHUNK = 64 * 1024;
 const SEED = Number(process.env.TV_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const TRIALS = Number(process.env.TV_CRASH_TRIALS ?? 8);
 
-/** mulberry32: every random choice of the test (kill delays, oracle seeds) comes from SEED */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rnd = prng(SEED);
+// every random choice of the test (kill delays, oracle seeds) comes from SEED
+const rnd = mulberry32(SEED);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Oracle {

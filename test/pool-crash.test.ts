@@ -2,11 +2,12 @@
  * kill -9 in the middle of a write/trim/advance workload (a real process, not a copy), then recovery:
  * every acknowledged operation is there, in-flight ones are old or new, and tracking never under-reports.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { ensureBuilt } from './helpers/daemon.js';
 import { Pool } from '../src/pool/index.js';
 import { pattern, readAll, rmDir, tmpDir } from './pool-helpers.js';
 
@@ -16,15 +17,9 @@ const CS = 4096;
 const CHUNKS = 256;
 let base: string;
 
-beforeAll(() => {
-  const newest = Math.max(...fs.readdirSync(path.join(root, 'src', 'pool')).map((n) => fs.statSync(path.join(root, 'src', 'pool', n)).mtimeMs));
-  if (!fs.existsSync(distPool) || fs.statSync(distPool).mtimeMs < newest) {
-    try {
-      execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'pipe' });
-    } catch {
-      // type errors elsewhere do not stop tsc from emitting
-    }
-  }
+beforeAll(async () => {
+  // the child processes run the compiled pool (dist/); build it when missing or older than the sources
+  await ensureBuilt();
   base = tmpDir('crash');
 }, 120_000);
 

@@ -1,8 +1,9 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { ensureBuilt } from './helpers/daemon.js';
 import { Pool, PoolError } from '../src/pool/index.js';
 import { rmDir, tmpDir } from './pool-helpers.js';
 
@@ -10,16 +11,9 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const distPool = path.join(root, 'dist', 'pool', 'index.js');
 let dir: string;
 
-beforeAll(() => {
+beforeAll(async () => {
   // the child processes run the compiled pool (dist/); build it when missing or older than the sources
-  const newest = Math.max(...fs.readdirSync(path.join(root, 'src', 'pool')).map((n) => fs.statSync(path.join(root, 'src', 'pool', n)).mtimeMs));
-  if (!fs.existsSync(distPool) || fs.statSync(distPool).mtimeMs < newest) {
-    try {
-      execFileSync('npx', ['tsc', '-p', 'tsconfig.json'], { cwd: root, stdio: 'pipe' });
-    } catch {
-      // type errors elsewhere in the tree do not stop tsc from emitting
-    }
-  }
+  await ensureBuilt();
   expect(fs.existsSync(distPool)).toBe(true);
   dir = path.join(tmpDir('lock'), 'pool');
 }, 120_000);
