@@ -9,9 +9,10 @@ const BASE_ALLOCATION = 'base:allocation';
 const MAX_PAYLOAD = 32 * 1024 * 1024;
 
 export class VolumeExport implements Export {
-  readonly readOnly = false;
-  readonly canTrim = true;
-  readonly canZero = true;
+  /** read-only snapshots: advertised to the client, and the volume answers writes with EPERM regardless */
+  readonly readOnly: boolean;
+  readonly canTrim: boolean;
+  readonly canZero: boolean;
   /** zeroing without NO_HOLE only unmaps chunks (plus small edge writes), so it is fast */
   readonly canFastZero = true;
   readonly canCache = true;
@@ -21,6 +22,9 @@ export class VolumeExport implements Export {
   readonly blockSize;
 
   constructor(private readonly volume: Volume, chunkSize: number) {
+    this.readOnly = volume.readOnly;
+    this.canTrim = !this.readOnly;
+    this.canZero = !this.readOnly;
     this.blockSize = { minimum: 1, preferred: Math.min(chunkSize, MAX_PAYLOAD), maximum: MAX_PAYLOAD };
   }
 
@@ -70,7 +74,8 @@ export class PoolExportProvider implements ExportProvider {
 
   open(name: string): ExportHandle | undefined {
     const volume = this.pool.volume(name);
-    if (!volume) return undefined;
+    // internal volumes (backup views, restore staging) and volumes held by a restore are not served
+    if (!volume || volume.info().kind === 'internal' || volume.heldBy !== null) return undefined;
     volume.acquire();
     let released = false;
     return {

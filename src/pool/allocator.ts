@@ -42,6 +42,8 @@ export class ChunkAllocator {
   private refcounts = new Uint16Array(0);
   private readonly clean = new ChunkBitmap();
   private used = 0;
+  /** chunks with a reference count above 1 (held by several mapping pages: snapshots); 0 = no sharing at all */
+  private shared = 0;
   private reserved = 0;
   private pending: FreeRun[] = [];
   private pendingChunks = 0;
@@ -112,12 +114,17 @@ export class ChunkAllocator {
     }
     this.ensureCapacity(this.data.chunks);
     this.clean.grow(this.data.chunks);
-    let dup = -1;
+    let overflow = -1;
     forEachMapped((p) => {
-      if (++this.refcounts[p] > 1) dup = p;
-      this.used++;
+      const r = this.refcounts[p];
+      if (r === 0xffff) overflow = p;
+      else {
+        this.refcounts[p] = r + 1;
+        if (r === 0) this.used++;
+        else if (r === 1) this.shared++;
+      }
     });
-    if (dup >= 0) throw new PoolError('ECORRUPT', `physical chunk ${dup} is mapped more than once`);
+    if (overflow >= 0) throw new PoolError('ECORRUPT', `physical chunk ${overflow} is held by more than 65535 mapping pages`);
     let zeroedChunks = 0;
     let ranges = 0;
     const total = this.data.chunks;
@@ -180,11 +187,26 @@ export class ChunkAllocator {
     return p;
   }
 
+  /** One more mapping page holds p (a page shared by a snapshot was copied). */
+  addRef(p: number): void {
+    const r = this.refcounts[p];
+    if (r === 0) throw new PoolError('EIO', `allocator: reference to free chunk ${p}`);
+    if (r === 0xffff) throw new PoolError('EOVERFLOW', `chunk ${p} is held by 65535 mapping pages (too many snapshots)`);
+    this.refcounts[p] = r + 1;
+    if (r === 1) this.shared++;
+  }
+
+  /** number of chunks held by more than one mapping page */
+  get sharedChunks(): number {
+    return this.shared;
+  }
+
   /** Drops one reference to p; at zero the chunk enters the free path, freed by journal record `seq`. */
   release(p: number, seq: number): void {
     const r = this.refcounts[p];
     if (r === 0) throw new PoolError('EIO', `allocator: release of free chunk ${p}`);
     this.refcounts[p] = r - 1;
+    if (r === 2) this.shared--;
     if (r > 1) return;
     this.used--;
     this.pendingChunks++;

@@ -16,4 +16,6 @@ export interface PoolContext {
   enter(): void;
   leave(): void;
   flush(): Promise<void>;
+  /** whether any chunk or mapping page is shared between volumes (snapshots); false = no copy-on-write checks */
+  sharingActive(): boolean;
 }

@@ -8,7 +8,9 @@ export type PoolErrorCode =
   | 'ELOCKED'
   | 'EIO'
   | 'ECORRUPT'
-  | 'ENOTPOOL';
+  | 'ENOTPOOL'
+  | 'EPERM'
+  | 'EOVERFLOW';
 
 export class PoolError extends Error {
   readonly code: PoolErrorCode;

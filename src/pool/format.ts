@@ -40,12 +40,19 @@ export const RecordType = {
   MARK: 6,
   GEN_SET: 7,
   GEN_RESET: 8,
+  VOLUME_CLONE: 9,
+  VOLUME_FLAGS: 10,
+  GEN_REBASE: 11,
+  VOLUME_RENAME: 12,
+  VOLUME_REPLACE: 13,
 } as const;
 export type RecordTypeCode = (typeof RecordType)[keyof typeof RecordType];
 
 // ---- checkpoint ----
 export const CHECKPOINT_MAGIC = 0x4b435654; // "TVCK"
-export const CHECKPOINT_VERSION = 1;
+export const CHECKPOINT_VERSION = 2;
+/** checkpoints of this version (before snapshots: no flags, identities or shared pages) are still read */
+export const CHECKPOINT_VERSION_V1 = 1;
 export const CHECKPOINT_HEADER_SIZE = 64;
 export const CHECKPOINT_FLAG_CLEAN = 1;
 

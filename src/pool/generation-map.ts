@@ -6,18 +6,36 @@
  * the old generation's count to the new one's, so the counts are exact at all times. The count of generation 0 is
  * derived (chunks minus the non-zero entries) so that growing a volume needs no work.
  */
-import { PagedTable } from './paged-table.js';
+import { PagedTable, type PageShares } from './paged-table.js';
 
 export class GenerationMap {
-  private table = new PagedTable();
+  private readonly table: PagedTable;
   private counts = new Map<number, number>();
   /** the volume's current generation: a write now marks chunks with it */
   current = 1;
   /** number of chunks of the volume */
   private chunks: number;
 
-  constructor(chunks: number) {
+  constructor(chunks: number, shares?: PageShares) {
     this.chunks = chunks;
+    this.table = new PagedTable(shares);
+  }
+
+  /** Makes `target` (a fresh map of the same pool) an equal copy that shares this map's pages. */
+  shareInto(target: GenerationMap): void {
+    this.table.shareInto(target.table);
+    target.counts = new Map(this.counts);
+    target.chunks = this.chunks;
+    target.current = this.current;
+  }
+
+  /** Takes over the pages of `source` (which is left empty); this map's own pages are let go. */
+  moveFrom(source: GenerationMap): void {
+    this.table.releaseAll();
+    source.table.shareInto(this.table);
+    source.table.releaseAll();
+    this.counts = source.counts;
+    source.counts = new Map();
   }
 
   get(c: number): number {
@@ -73,11 +91,31 @@ export class GenerationMap {
     for (let c = old; c < chunks; c++) this.set(c, this.current);
   }
 
+  /** Lets go of every page (the volume is deleted). */
+  release(): void {
+    this.table.releaseAll();
+    this.counts.clear();
+  }
+
   /** Full-backup semantics: every chunk unchanged, generation 1 starts. */
   reset(): void {
-    this.table.clear();
+    this.table.releaseAll();
     this.counts.clear();
     this.current = 1;
+  }
+
+  /**
+   * Full backup taken at the start of generation base + 1 (seed 002: the map restarts at the backup point):
+   * chunks last changed in generations <= base become unchanged (0), later ones are renumbered so that base + 1
+   * becomes generation 1. Per non-zero entry; the count table is rebuilt.
+   */
+  rebase(base: number): void {
+    if (base <= 0) return;
+    const changes: number[] = [];
+    this.table.forEachNonZero(0, this.chunks, (c, g) => changes.push(c, g > base ? g - base : 0));
+    for (let k = 0; k < changes.length; k += 2) this.table.set(changes[k], changes[k + 1]);
+    this.current = Math.max(1, this.current - base);
+    this.recount();
   }
 
   /** Chunk indexes whose generation is >= fromGeneration, ascending. */

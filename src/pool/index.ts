@@ -6,3 +6,7 @@ export type { VolumeInfo } from './volume.js';
 export { PoolError } from './errors.js';
 export type { PoolErrorCode } from './errors.js';
 export type { RecoveryReport } from './recovery.js';
+export { VolumeFlag } from './volume-state.js';
+export type { VolumeIdentity } from './volume-state.js';
+export type { CloneOptions, CopyProgress } from './pool.js';
+export type { VolumeKind } from './volume.js';

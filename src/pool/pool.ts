@@ -31,10 +31,44 @@ import { IoTracker } from './io-tracker.js';
 import { JournalWriter, createJournalFile } from './journal.js';
 import { PoolLock } from './lock.js';
 import { PoolMetadata } from './metadata.js';
-import { appendVolumeCreate, appendVolumeDelete, appendVolumeResize } from './records.js';
+import {
+  appendGenRebase,
+  appendGenSet,
+  appendVolumeClone,
+  appendVolumeCreate,
+  appendVolumeDelete,
+  appendVolumeFlags,
+  appendVolumeRename,
+  appendVolumeReplace,
+  appendVolumeResize,
+} from './records.js';
 import { type RecoveryReport, recoverMetadata, removeOlderEpochs } from './recovery.js';
 import { Volume, type VolumeInfo } from './volume.js';
-import { VolumeState } from './volume-state.js';
+import { VolumeFlag, type VolumeIdentity, type VolumeState } from './volume-state.js';
+
+export interface CloneOptions {
+  /** VolumeFlag bits of the new volume */
+  flags: number;
+  /**
+   * also start a new generation of the source in the same step (backups: every write after the point-in-time
+   * view is in a later generation than everything in it). Resolves the generation the view closes.
+   */
+  advanceSourceGeneration?: boolean;
+}
+
+export interface CopyProgress {
+  volume: string;
+  /** chunks of the copy examined so far / in all */
+  doneChunks: number;
+  totalChunks: number;
+  /** chunks copied by the background job (on-demand copies are not counted) */
+  copiedChunks: number;
+  finished: boolean;
+  error?: string;
+}
+
+/** chunks the background copy handles per step */
+const COPY_BATCH = 64;
 
 export interface PoolInitOptions {
   /** power of two, 4096..1048576, default 65536 */
@@ -117,6 +151,10 @@ export class Pool {
 
   private readonly ctx: PoolContext;
   private readonly volumes = new Map<number, Volume>();
+  /** physical chunks let go of by the metadata change in progress (see releaseDropped) */
+  private dropped: number[] = [];
+  /** background copies of `volume copy`, by volume id */
+  private readonly copyJobs = new Map<number, { progress: CopyProgress; stop: boolean; run: Promise<void> }>();
   private active = 0;
   private activeWaiters: Array<() => void> = [];
   private closing: Promise<void> | null = null;
@@ -155,6 +193,16 @@ export class Pool {
       enter: () => this.enter(),
       leave: () => this.leave(),
       flush: () => this.flush(),
+      sharingActive: () => alloc.sharedChunks > 0 || meta.shares.map.sharedPages > 0,
+    };
+    // Page ownership while serving (journal replay derives reference counts afterwards instead): a copied shared
+    // page holds every chunk once more; the chunks of a page no volume holds any more are freed by the caller
+    // that let go of it (releaseDropped), tagged with its journal record.
+    meta.shares.map.hooks = {
+      copied: (page) => {
+        for (let s = 0; s < page.length; s++) if (page[s] !== 0) alloc.addRef(page[s] - 1);
+      },
+      dropped: (value) => this.dropped.push(value - 1),
     };
     journal.onDurable = () => this.afterCommit();
     journal.onFailure = (err) => {
@@ -254,6 +302,7 @@ export class Pool {
 
       const pool = new Pool(dir, conf, meta, data, alloc, tracker, journal, lock, log, checkpointBytes, epoch, recovery);
       alloc.maybeGrow();
+      await pool.resumeAfterOpen();
       return pool;
     } catch (err) {
       if (journalFd >= 0) fs.closeSync(journalFd);
@@ -270,6 +319,8 @@ export class Pool {
   }
 
   private async doClose(): Promise<void> {
+    for (const job of this.copyJobs.values()) job.stop = true;
+    await Promise.all([...this.copyJobs.values()].map((j) => j.run));
     if (this.active > 0) await new Promise<void>((resolve) => this.activeWaiters.push(resolve));
     await this.admin.catch(() => {});
     await this.tracker.whenIdle();
@@ -292,8 +343,19 @@ export class Pool {
 
   // ---------------------------------------------------------------- volumes
 
-  listVolumes(): VolumeInfo[] {
-    return [...this.meta.byName.keys()].sort().map((name) => this.volume(name)!.info());
+  /** the volumes users see (internal views of backups and restore staging are hidden) */
+  listVolumes(opts: { includeHidden?: boolean } = {}): VolumeInfo[] {
+    return [...this.meta.byName.values()]
+      .filter((st) => opts.includeHidden || !st.has(VolumeFlag.HIDDEN))
+      .map((st) => st.name)
+      .sort()
+      .map((name) => this.volume(name)!.info());
+  }
+
+  /** hidden identity fields of a volume (seed 003): where it was copied from */
+  volumeLineage(name: string): { source: VolumeIdentity | null; origin: VolumeIdentity | null; lineage: VolumeIdentity } {
+    const st = this.requireVolume(name).state;
+    return { source: st.source, origin: st.origin, lineage: st.lineage };
   }
 
   volume(name: string): Volume | undefined {
@@ -312,7 +374,7 @@ export class Pool {
       this.validateName(name);
       this.validateSize(size);
       if (this.meta.byName.has(name)) throw new PoolError('EEXIST', `a volume named '${name}' exists`);
-      const st = new VolumeState(this.meta.nextVolumeId, name, randomUUID(), size, Date.now(), this.chunkSize);
+      const st = this.meta.newVolumeState(this.meta.nextVolumeId, name, randomUUID(), size, Date.now());
       this.meta.addVolume(st);
       await this.journal.waitDurable(appendVolumeCreate(this.journal, st));
       return this.volume(name)!.info();
@@ -326,12 +388,7 @@ export class Pool {
       if (volume.openCount > 0 && !opts.force) {
         throw new PoolError('EBUSY', `volume '${name}' is open by ${volume.openCount} client(s)`);
       }
-      const st = volume.state;
-      const seq = appendVolumeDelete(this.journal, st.id);
-      this.meta.removeVolume(st);
-      this.volumes.delete(st.id);
-      st.map.forEachNonZero(0, st.chunks, (_c, e) => this.alloc.release(e - 1, seq));
-      await this.journal.waitDurable(seq);
+      await this.removeVolumeNow(volume);
     });
   }
 
@@ -355,13 +412,195 @@ export class Pool {
         await this.journal.waitDurable(seq);
       } else if (size < old) {
         const seq = appendVolumeResize(this.journal, st.id, size);
-        st.resize(size, (p) => this.alloc.release(p, seq));
+        st.resize(size);
+        this.releaseDropped(seq);
         // not needed for correctness (a later grow zeroes it), but old data past the end should not linger
         if (size % cs !== 0) await volume.zeroTail(size, Math.min(old, chunkEnd(size)));
         await durabilityBarrier(this.journal, this.data);
       }
       return volume.info();
     });
+  }
+
+  // ---------------------------------------------------------------- snapshots, copies, restore staging
+
+  /**
+   * A point-in-time copy of `sourceName` named `name` (seed 003 instant virtual copy): its own UUID, the source's
+   * identity kept in hidden fields, mapping and generation pages shared copy-on-write. The source's writes are
+   * paused only while in-flight ones drain; the work is one step per mapping page, none per chunk.
+   */
+  cloneVolume(sourceName: string, name: string, opts: CloneOptions): Promise<VolumeInfo & { closedGeneration: number }> {
+    return this.serialized(async () => {
+      this.validateName(name, (opts.flags & VolumeFlag.HIDDEN) !== 0);
+      if (this.meta.byName.has(name)) throw new PoolError('EEXIST', `a volume named '${name}' exists`);
+      const source = this.requireVolume(sourceName);
+      const src = source.state;
+      if (src.has(VolumeFlag.INCOMPLETE)) throw new PoolError('EBUSY', `volume '${sourceName}' is still being built`);
+      if (opts.advanceSourceGeneration && src.gens.current >= 0xffff_ffff) {
+        throw new PoolError('EINVAL', `volume ${sourceName}: generation limit reached`);
+      }
+      const { seq, closed } = await source.quiesce(() => {
+        const st = this.meta.newVolumeState(this.meta.nextVolumeId, name, randomUUID(), src.size, Date.now());
+        src.shareInto(st);
+        st.flags = opts.flags;
+        this.meta.addVolume(st);
+        let last = appendVolumeClone(this.journal, st, src.id);
+        const closedGeneration = src.gens.current;
+        if (opts.advanceSourceGeneration) {
+          src.gens.current++;
+          last = appendGenSet(this.journal, src.id, src.gens.current);
+        }
+        return { seq: last, closed: closedGeneration };
+      });
+      await this.journal.waitDurable(seq);
+      const info = this.volume(name)!.info();
+      if ((opts.flags & VolumeFlag.COPYING) !== 0) this.startCopyJob(this.volume(name)!);
+      return { ...info, closedGeneration: closed };
+    });
+  }
+
+  /** Sets a volume's flags (durable). */
+  setVolumeFlags(name: string, flags: number): Promise<void> {
+    return this.serialized(async () => {
+      const st = this.requireVolume(name).state;
+      st.flags = flags;
+      await this.journal.waitDurable(appendVolumeFlags(this.journal, st.id, flags));
+    });
+  }
+
+  /** Renames a volume (restore staging becomes the restored volume), optionally setting its flags, durably. */
+  renameVolume(name: string, newName: string, flags?: number): Promise<VolumeInfo> {
+    return this.serialized(async () => {
+      const st = this.requireVolume(name).state;
+      this.validateName(newName, false);
+      if (this.meta.byName.has(newName)) throw new PoolError('EEXIST', `a volume named '${newName}' exists`);
+      this.meta.renameVolume(st, newName);
+      let seq = appendVolumeRename(this.journal, st.id, newName);
+      if (flags !== undefined) {
+        st.flags = flags;
+        seq = appendVolumeFlags(this.journal, st.id, flags);
+      }
+      await this.journal.waitDurable(seq);
+      return this.volume(newName)!.info();
+    });
+  }
+
+  /**
+   * Restore commit: `targetName` takes over the content of `stagingName` (same size), which disappears, in one
+   * journal record. The target keeps its identity; every chunk mapped before or after is marked changed in its
+   * current generation. Refused while the target is open.
+   */
+  replaceVolumeContent(targetName: string, stagingName: string): Promise<VolumeInfo> {
+    return this.serialized(async () => {
+      const target = this.requireVolume(targetName);
+      const staging = this.requireVolume(stagingName);
+      if (target.openCount > 0) throw new PoolError('EBUSY', `volume '${targetName}' is open by ${target.openCount} client(s)`);
+      if (target.state.chunks !== staging.state.chunks || target.state.size !== staging.state.size) {
+        throw new PoolError('EINVAL', `volume '${targetName}' (${target.size} bytes) and '${stagingName}' (${staging.size} bytes) differ in size`);
+      }
+      const seq = await target.quiesce(() => {
+        const recordSeq = appendVolumeReplace(this.journal, target.state.id, staging.state.id);
+        target.state.takeContentFrom(staging.state);
+        this.meta.removeVolume(staging.state);
+        this.volumes.delete(staging.state.id);
+        this.releaseDropped(recordSeq);
+        return recordSeq;
+      });
+      await this.journal.waitDurable(seq);
+      return target.info();
+    });
+  }
+
+  /**
+   * After a full backup of the view that closed generation `base` (cloneVolume with advanceSourceGeneration):
+   * chunks unchanged since then become generation 0, later changes are renumbered from 1 (seed 002).
+   */
+  rebaseGenerations(name: string, base: number): Promise<{ current: number }> {
+    return this.serialized(async () => {
+      const volume = this.requireVolume(name);
+      const seq = await volume.quiesce(() => {
+        const st = volume.state;
+        const recordSeq = appendGenRebase(this.journal, st.id, base, st.gens.current);
+        st.gens.rebase(base);
+        st.pendingMarks.clear();
+        return recordSeq;
+      });
+      await this.journal.waitDurable(seq);
+      return { current: volume.state.gens.current };
+    });
+  }
+
+  /** Progress of the background copies (`volume copy`), running or finished in this run. */
+  copyProgress(name?: string): CopyProgress[] {
+    const all = [...this.copyJobs.values()].map((j) => ({ ...j.progress }));
+    return name === undefined ? all : all.filter((p) => p.volume === name);
+  }
+
+  /** Resolves when the background copy of `name` (if any) has finished. */
+  async waitForCopy(name: string): Promise<CopyProgress | undefined> {
+    const st = this.meta.byName.get(name);
+    const job = st ? this.copyJobs.get(st.id) : undefined;
+    if (!job) return undefined;
+    await job.run;
+    return { ...job.progress };
+  }
+
+  /**
+   * The background copy (seed 000 pseudo-copy): walks the copy's chunks and copies every one still shared, in
+   * batches, until nothing is shared; then clears the COPYING flag. Reads and writes meanwhile copy on demand.
+   * Restarted from the beginning at open (the walk skips what is already copied).
+   */
+  private startCopyJob(volume: Volume): void {
+    const st = volume.state;
+    const progress: CopyProgress = { volume: st.name, doneChunks: 0, totalChunks: st.chunks, copiedChunks: 0, finished: false };
+    const job = { progress, stop: false, run: Promise.resolve() };
+    job.run = (async () => {
+      try {
+        for (let c = 0; c < st.chunks && !job.stop && !st.deleted; c += COPY_BATCH) {
+          const end = Math.min(st.chunks, c + COPY_BATCH);
+          const batch: number[] = [];
+          // skip unmapped stretches without looking at every chunk
+          const next = st.map.nextWhere(c, end, true);
+          for (let k = next; k < end; k++) if (volume.chunkShared(k)) batch.push(k);
+          if (batch.length > 0) {
+            this.enter();
+            try {
+              progress.copiedChunks += await volume.unshareChunks(batch);
+            } finally {
+              this.leave();
+            }
+          }
+          progress.doneChunks = end;
+          progress.volume = st.name;
+          if (batch.length === 0) await new Promise((r) => setImmediate(r));
+        }
+        if (!job.stop && !st.deleted) {
+          await this.setVolumeFlags(st.name, st.flags & ~VolumeFlag.COPYING);
+          progress.finished = true;
+          this.log.info({ volume: st.name, copiedChunks: progress.copiedChunks }, 'volume copy finished');
+        }
+      } catch (err) {
+        progress.error = (err as Error).message;
+        if (!job.stop) this.log.error({ volume: st.name, err: progress.error }, 'background copy stopped; it resumes when the pool is opened again');
+      }
+    })();
+    this.copyJobs.set(st.id, job);
+  }
+
+  /** Work left by an interrupted run: unfinished internal volumes are deleted, background copies resumed. */
+  private async resumeAfterOpen(): Promise<void> {
+    for (const st of [...this.meta.volumes.values()]) {
+      if (st.has(VolumeFlag.INCOMPLETE) || st.has(VolumeFlag.HIDDEN)) {
+        this.log.warn({ volume: st.name, flags: st.flags }, 'removing an internal volume left by an interrupted operation');
+        await this.serialized(() => this.removeVolumeNow(this.volume(st.name)!));
+      }
+    }
+    for (const st of this.meta.volumes.values()) {
+      if (st.has(VolumeFlag.COPYING)) {
+        this.log.info({ volume: st.name }, 'resuming the background copy');
+        this.startCopyJob(this.volume(st.name)!);
+      }
+    }
   }
 
   // ---------------------------------------------------------------- pool-wide
@@ -393,7 +632,7 @@ export class Pool {
     const expected = new Uint16Array(Math.max(this.alloc.total, 1));
     let mapped = 0;
     let grown = expected;
-    this.meta.forEachMapped((p, v) => {
+    this.meta.forEachMapped((p) => {
       mapped++;
       if (p >= grown.length) {
         const bigger = new Uint16Array(p + 1);
@@ -401,7 +640,6 @@ export class Pool {
         grown = bigger;
       }
       grown[p]!++;
-      if (grown[p]! > 1) problems.push(`chunk ${p} is mapped more than once (volume ${v.name})`);
     });
     problems.push(...this.alloc.audit(grown));
     for (const v of this.meta.volumes.values()) {
@@ -458,6 +696,22 @@ export class Pool {
 
   // ---------------------------------------------------------------- internals
 
+  /** frees the chunks collected by the ownership hook, tagged with the journal record that let go of them */
+  private releaseDropped(seq: number): void {
+    const dropped = this.dropped;
+    this.dropped = [];
+    for (const p of dropped) this.alloc.release(p, seq);
+  }
+
+  private async removeVolumeNow(volume: Volume): Promise<void> {
+    const st = volume.state;
+    const seq = appendVolumeDelete(this.journal, st.id);
+    this.meta.removeVolume(st);
+    this.volumes.delete(st.id);
+    this.releaseDropped(seq);
+    await this.journal.waitDurable(seq);
+  }
+
   private enter(): void {
     if (this.closing) throw new PoolError('EIO', `pool ${this.dir} is closed`);
     if (this.failure) throw this.failure;
@@ -490,7 +744,12 @@ export class Pool {
     return v;
   }
 
-  private validateName(name: string): void {
+  /** `internal` names (hidden volumes) start with '.', which user names cannot */
+  private validateName(name: string, internal = false): void {
+    if (internal) {
+      if (typeof name !== 'string' || !/^\.[A-Za-z0-9._-]{1,63}$/.test(name)) throw new PoolError('EINVAL', `invalid internal volume name '${name}'`);
+      return;
+    }
     if (typeof name !== 'string' || !VOLUME_NAME.test(name)) {
       throw new PoolError('EINVAL', `invalid volume name '${name}': 1 to 64 characters A-Z a-z 0-9 . _ -, not starting with '.'`);
     }

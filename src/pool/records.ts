@@ -6,7 +6,7 @@ import { PoolError } from './errors.js';
 import { RecordType, bytesToUuid, readU64, uuidToBytes, writeU64, MAX_CHUNKS } from './format.js';
 import type { JournalWriter, ScannedRecord } from './journal.js';
 import type { PoolMetadata } from './metadata.js';
-import { VolumeState } from './volume-state.js';
+import type { VolumeIdentity, VolumeState } from './volume-state.js';
 
 export function appendVolumeCreate(j: JournalWriter, v: VolumeState): number {
   const name = Buffer.from(v.name, 'utf8');
@@ -77,6 +77,75 @@ export function appendGenReset(j: JournalWriter, vol: number): number {
   return j.end();
 }
 
+function identityLength(id: VolumeIdentity | null): number {
+  return 1 + (id ? Buffer.byteLength(id.name, 'utf8') : 0);
+}
+
+/** writes uuid (16 bytes, zeros for null) at o and the name (u8 length + UTF-8) at nameAt; returns the end */
+function writeIdentity(b: Buffer, o: number, nameAt: number, id: VolumeIdentity | null): number {
+  if (id) uuidToBytes(id.uuid).copy(b, o);
+  else b.fill(0, o, o + 16);
+  const name = Buffer.from(id?.name ?? '', 'utf8');
+  b[nameAt] = name.length;
+  name.copy(b, nameAt + 1);
+  return nameAt + 1 + name.length;
+}
+
+/**
+ * VOLUME_CLONE: volume `v` (new) is a point-in-time copy of volume `src`: same size and current generation,
+ * sharing its mapping and generation pages. `v.source`/`v.origin` are the hidden source identities (seed 003).
+ */
+export function appendVolumeClone(j: JournalWriter, v: VolumeState, src: number): number {
+  const name = Buffer.from(v.name, 'utf8');
+  const len = 4 + 4 + 8 + 16 + 4 + 16 + 16 + 1 + name.length + identityLength(v.source) + identityLength(v.origin);
+  const o = j.begin(RecordType.VOLUME_CLONE, len);
+  const b = j.staging;
+  b.writeUInt32LE(v.id, o);
+  b.writeUInt32LE(src, o + 4);
+  b.writeDoubleLE(v.createdAt, o + 8);
+  uuidToBytes(v.uuid).copy(b, o + 16);
+  b.writeUInt32LE(v.flags, o + 32);
+  b[o + 68] = name.length;
+  name.copy(b, o + 69);
+  let at = o + 69 + name.length;
+  at = writeIdentity(b, o + 36, at, v.source);
+  writeIdentity(b, o + 52, at, v.origin);
+  return j.end();
+}
+
+export function appendVolumeFlags(j: JournalWriter, vol: number, flags: number): number {
+  const o = j.begin(RecordType.VOLUME_FLAGS, 8);
+  j.staging.writeUInt32LE(vol, o);
+  j.staging.writeUInt32LE(flags, o + 4);
+  return j.end();
+}
+
+/** GEN_REBASE: applies only while the volume's current generation is `expectCurrent` (idempotent replay) */
+export function appendGenRebase(j: JournalWriter, vol: number, base: number, expectCurrent: number): number {
+  const o = j.begin(RecordType.GEN_REBASE, 12);
+  j.staging.writeUInt32LE(vol, o);
+  j.staging.writeUInt32LE(base, o + 4);
+  j.staging.writeUInt32LE(expectCurrent, o + 8);
+  return j.end();
+}
+
+export function appendVolumeRename(j: JournalWriter, vol: number, name: string): number {
+  const bytes = Buffer.from(name, 'utf8');
+  const o = j.begin(RecordType.VOLUME_RENAME, 5 + bytes.length);
+  j.staging.writeUInt32LE(vol, o);
+  j.staging[o + 4] = bytes.length;
+  bytes.copy(j.staging, o + 5);
+  return j.end();
+}
+
+/** VOLUME_REPLACE: `target` takes over the content of `staging`, which is removed (restore commit) */
+export function appendVolumeReplace(j: JournalWriter, target: number, staging: number): number {
+  const o = j.begin(RecordType.VOLUME_REPLACE, 8);
+  j.staging.writeUInt32LE(target, o);
+  j.staging.writeUInt32LE(staging, o + 4);
+  return j.end();
+}
+
 /** Applies one scanned record to the metadata (replay). Throws ECORRUPT on a record that cannot apply. */
 export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
   const { buf, offset: o, length } = rec;
@@ -99,14 +168,7 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       if (meta.volumes.has(id)) bad(`volume id ${id} exists`);
       const name = buf.toString('utf8', o + 41, o + 41 + nameLen);
       if (meta.byName.has(name)) bad(`volume name ${name} exists`);
-      const v = new VolumeState(
-        id,
-        name,
-        bytesToUuid(buf, o + 20),
-        readU64(buf, o + 4),
-        buf.readDoubleLE(o + 12),
-        meta.chunkSize,
-      );
+      const v = meta.newVolumeState(id, name, bytesToUuid(buf, o + 20), readU64(buf, o + 4), buf.readDoubleLE(o + 12));
       v.gens.current = buf.readUInt32LE(o + 36);
       meta.addVolume(v);
       break;
@@ -154,6 +216,56 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       need(4);
       volume(buf.readUInt32LE(o)).gens.reset();
       break;
+    case RecordType.VOLUME_CLONE: {
+      need(69);
+      const id = buf.readUInt32LE(o);
+      if (meta.volumes.has(id)) bad(`volume id ${id} exists`);
+      const src = volume(buf.readUInt32LE(o + 4));
+      const readName = (at: number): [string, number] => {
+        if (at + 1 > o + length || at + 1 + buf[at] > o + length) bad('truncated name');
+        return [buf.toString('utf8', at + 1, at + 1 + buf[at]), at + 1 + buf[at]];
+      };
+      const [name, a1] = readName(o + 68);
+      const [sourceName, a2] = readName(a1);
+      const [originName] = readName(a2);
+      if (meta.byName.has(name)) bad(`volume name ${name} exists`);
+      const v = meta.newVolumeState(id, name, bytesToUuid(buf, o + 16), src.size, buf.readDoubleLE(o + 8));
+      src.shareInto(v);
+      v.flags = buf.readUInt32LE(o + 32);
+      v.source = { uuid: bytesToUuid(buf, o + 36), name: sourceName };
+      v.origin = { uuid: bytesToUuid(buf, o + 52), name: originName };
+      meta.addVolume(v);
+      break;
+    }
+    case RecordType.VOLUME_FLAGS:
+      need(8);
+      volume(buf.readUInt32LE(o)).flags = buf.readUInt32LE(o + 4);
+      break;
+    case RecordType.GEN_REBASE: {
+      need(12);
+      const v = volume(buf.readUInt32LE(o));
+      if (v.gens.current === buf.readUInt32LE(o + 8)) v.gens.rebase(buf.readUInt32LE(o + 4));
+      break;
+    }
+    case RecordType.VOLUME_RENAME: {
+      need(5);
+      const v = volume(buf.readUInt32LE(o));
+      need(5 + buf[o + 4]);
+      const name = buf.toString('utf8', o + 5, o + 5 + buf[o + 4]);
+      const other = meta.byName.get(name);
+      if (other && other !== v) bad(`volume name ${name} exists`);
+      meta.renameVolume(v, name);
+      break;
+    }
+    case RecordType.VOLUME_REPLACE: {
+      need(8);
+      const target = volume(buf.readUInt32LE(o));
+      const staging = volume(buf.readUInt32LE(o + 4));
+      if (target.chunks !== staging.chunks) bad(`volume ${target.name} and ${staging.name} differ in size`);
+      target.takeContentFrom(staging);
+      meta.removeVolume(staging);
+      break;
+    }
     default:
       bad('unknown record type');
   }

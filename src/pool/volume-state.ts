@@ -4,11 +4,38 @@
  * (after the journal record has been queued) and while replaying the journal, so the two can not drift apart.
  */
 import { GenerationMap } from './generation-map.js';
-import { PagedTable } from './paged-table.js';
+import { PagedTable, type PageShares } from './paged-table.js';
+
+/** Volume flags (journal records VOLUME_CLONE / VOLUME_FLAGS, checkpoint). */
+export const VolumeFlag = {
+  /** writes are refused with EPERM (read-only snapshot, replica) */
+  READ_ONLY: 1,
+  /** not listed and not exported: internal point-in-time views of backups, restore staging */
+  HIDDEN: 2,
+  /** created by `snapshot create` */
+  SNAPSHOT: 4,
+  /** a full copy (`volume copy`) whose background copying has not finished: shared chunks are copied on access */
+  COPYING: 8,
+  /** a compacted replica (`replica create`) */
+  REPLICA: 16,
+  /** being built; a volume still carrying this flag at open was interrupted by a crash and is deleted */
+  INCOMPLETE: 32,
+} as const;
+
+/** the volume a snapshot/copy was made from (seed 003: kept hidden, carried by every backup made of the copy) */
+export interface VolumeIdentity {
+  uuid: string;
+  name: string;
+}
 
 export class VolumeState {
-  readonly map = new PagedTable();
+  readonly map: PagedTable;
   readonly gens: GenerationMap;
+  flags = 0;
+  /** the volume this one was copied from (direct parent), or null for an original volume */
+  source: VolumeIdentity | null = null;
+  /** the original volume at the root of the copy chain; the lineage identity of backups */
+  origin: VolumeIdentity | null = null;
   /**
    * chunk -> seq of the MARK record that set its current generation, while that record may not be durable yet
    * (see commit-rules.ts); pruned after each commit.
@@ -27,8 +54,48 @@ export class VolumeState {
     public size: number,
     readonly createdAt: number,
     readonly chunkSize: number,
+    shares?: { map: PageShares; gens: PageShares },
   ) {
-    this.gens = new GenerationMap(Math.ceil(size / chunkSize));
+    this.map = new PagedTable(shares?.map);
+    this.gens = new GenerationMap(Math.ceil(size / chunkSize), shares?.gens);
+  }
+
+  /** the identity backups of this volume carry: its origin's, or its own for an original volume */
+  get lineage(): VolumeIdentity {
+    return this.origin ?? { uuid: this.uuid, name: this.name };
+  }
+
+  has(flag: number): boolean {
+    return (this.flags & flag) !== 0;
+  }
+
+  /**
+   * Makes `target` (a new, empty volume state) a point-in-time copy of this volume: same size, current
+   * generation, mapping and generation pages shared (copy-on-write). One step per existing page, none per chunk.
+   */
+  shareInto(target: VolumeState): void {
+    target.size = this.size;
+    this.map.shareInto(target.map);
+    this.gens.shareInto(target.gens);
+    target.source = { uuid: this.uuid, name: this.name };
+    target.origin = this.lineage;
+  }
+
+  /**
+   * Restore commit: this volume's content becomes `staging`'s (its pages are taken over, staging is left empty);
+   * this volume keeps its identity. Chunks mapped before or after are marked changed in the current generation.
+   */
+  takeContentFrom(staging: VolumeState): void {
+    const touched: number[] = [];
+    const collect = (c: number) => touched.push(c);
+    this.map.forEachNonZero(0, this.chunks, collect);
+    staging.map.forEachNonZero(0, staging.chunks, collect);
+    this.map.releaseAll();
+    staging.map.shareInto(this.map);
+    staging.map.releaseAll();
+    const g = this.gens.current;
+    for (const c of touched) if (c < this.chunks) this.gens.set(c, g);
+    this.pendingMarks.clear();
   }
 
   get chunks(): number {
@@ -56,12 +123,12 @@ export class VolumeState {
     this.gens.set(c, generation);
   }
 
-  /** sets the size; chunks past the new end are dropped, onFreed gets each physical chunk they mapped */
-  resize(size: number, onFreed?: (p: number) => void): void {
+  /** sets the size; chunks past the new end are dropped */
+  resize(size: number): void {
     const chunks = Math.ceil(size / this.chunkSize);
     const old = this.chunks;
     if (chunks < old) {
-      if (onFreed) this.map.forEachNonZero(chunks, old, (_c, e) => onFreed(e - 1));
+      // entries of pages no other volume holds are dropped (the map's ownership hooks release them)
       this.map.truncate(chunks);
       for (const c of [...this.pendingMarks.keys()]) if (c >= chunks) this.pendingMarks.delete(c);
     }

@@ -6,8 +6,9 @@ import { native } from '../native/index.js';
 import { NEEDS_MARK, durabilityBarrier, overwriteRule } from './commit-rules.js';
 import type { PoolContext } from './context.js';
 import { PoolError, ioError } from './errors.js';
-import { MAX_GENERATION } from './format.js';
+import { MAX_GENERATION, PAGE_SHIFT } from './format.js';
 import {
+  appendGenRebase,
   appendGenReset,
   appendGenSet,
   appendMap,
@@ -15,7 +16,9 @@ import {
   appendUnmap,
 } from './records.js';
 import type { JournalWriter } from './journal.js';
-import type { VolumeState } from './volume-state.js';
+import { VolumeFlag, type VolumeState } from './volume-state.js';
+
+export type VolumeKind = 'volume' | 'snapshot' | 'copy' | 'replica' | 'internal';
 
 export interface VolumeInfo {
   name: string;
@@ -25,6 +28,18 @@ export interface VolumeInfo {
   generation: number;
   allocatedChunks: number;
   allocatedBytes: number;
+  kind: VolumeKind;
+  readOnly: boolean;
+  /** `volume copy` still copying in the background */
+  copying: boolean;
+}
+
+export function volumeKind(st: VolumeState): VolumeKind {
+  if (st.has(VolumeFlag.HIDDEN)) return 'internal';
+  if (st.has(VolumeFlag.REPLICA)) return 'replica';
+  if (st.has(VolumeFlag.SNAPSHOT)) return 'snapshot';
+  if (st.source !== null) return 'copy';
+  return 'volume';
 }
 
 /** how writeRange writes: the caller's data */
@@ -138,6 +153,8 @@ const SYNC_READ_MAX = 256 * 1024;
 export class Volume {
   /** callers holding the volume open (acquire/release) */
   openCount = 0;
+  /** an operation that needs the volume to itself (a restore into it): no new NBD client may open it meanwhile */
+  heldBy: string | null = null;
 
   constructor(
     private readonly ctx: PoolContext,
@@ -164,7 +181,49 @@ export class Volume {
       generation: s.gens.current,
       allocatedChunks: s.allocatedChunks,
       allocatedBytes: s.allocatedChunks * this.ctx.chunkSize,
+      kind: volumeKind(s),
+      readOnly: s.has(VolumeFlag.READ_ONLY),
+      copying: s.has(VolumeFlag.COPYING),
     };
+  }
+
+  get readOnly(): boolean {
+    return this.state.has(VolumeFlag.READ_ONLY);
+  }
+
+  // ---------------------------------------------------------------- write gate
+
+  /**
+   * Mutations in flight (write, trim, zero) and the pause a point-in-time operation (snapshot) takes: it waits
+   * until none is in flight, makes its change in one synchronous step, and lets the held-back mutations go. A
+   * write is thereby entirely before or entirely after a snapshot: its data and its generation mark on one side.
+   */
+  private mutating = 0;
+  private paused: Promise<void> | null = null;
+  private drained: (() => void) | null = null;
+
+  private async enterMutation(): Promise<void> {
+    while (this.paused !== null) await this.paused;
+    this.mutating++;
+  }
+
+  private leaveMutation(): void {
+    if (--this.mutating === 0 && this.drained !== null) this.drained();
+  }
+
+  /** Runs fn with no write, trim or zero of this volume in flight; new ones wait until it returns. */
+  async quiesce<T>(fn: () => T): Promise<T> {
+    while (this.paused !== null) await this.paused;
+    let resume!: () => void;
+    this.paused = new Promise<void>((r) => (resume = r));
+    try {
+      if (this.mutating > 0) await new Promise<void>((r) => (this.drained = r));
+      this.drained = null;
+      return fn();
+    } finally {
+      this.paused = null;
+      resume();
+    }
   }
 
   acquire(): void {
@@ -188,6 +247,8 @@ export class Volume {
       const len = buf.length;
       this.checkRange(offset, len, this.state.size);
       if (len === 0) return [];
+      // a full copy still copying in the background copies what is read first (seed 000: on-demand copy)
+      if (this.state.flags & VolumeFlag.COPYING) await this.unshareRange(offset, len, false);
       const cs = ctx.chunkSize;
       const map = this.state.map;
       const fd = ctx.data.fd;
@@ -271,9 +332,15 @@ export class Volume {
     const ctx = this.ctx;
     ctx.enter();
     try {
-      this.checkRange(offset, data.length, this.state.size);
+      this.checkWritable(offset, data.length);
       if (data.length === 0) return;
-      await this.writeRange(offset, data.length, data, WRITE, false);
+      if (this.paused !== null) await this.enterMutation();
+      else this.mutating++;
+      try {
+        await this.writeRange(offset, data.length, data, WRITE, false);
+      } finally {
+        this.leaveMutation();
+      }
       if (fua) await durabilityBarrier(ctx.journal, ctx.data);
     } finally {
       ctx.leave();
@@ -293,12 +360,21 @@ export class Volume {
     const first = Math.floor(offset / cs);
     const last = Math.floor((end - 1) / cs);
 
-    // Phase 1: reserve clean chunks for the unmapped chunks, waiting (for growth or frees) with no op id held.
+    // Copy-on-write: chunks shared with a snapshot that this request covers only in part are copied first
+    // (whole-chunk copies, durable before their new mapping); wholly covered ones are redirected in phase 2.
+    const sharing = ctx.sharingActive();
+    if (sharing) await this.unshareRange(offset, len, true);
+
+    // Phase 1: reserve clean chunks for the unmapped (and shared) chunks, waiting for growth or frees with no op
+    // id held.
     let reserved = 0;
-    if (mode !== ZERO_MAPPED) {
+    if (mode !== ZERO_MAPPED || sharing) {
       for (;;) {
         let need = 0;
-        for (let c = first; c <= last; c++) if (map.get(c) === 0) need++;
+        for (let c = first; c <= last; c++) {
+          const e = map.get(c);
+          if (e === 0 ? mode !== ZERO_MAPPED : sharing && this.isShared(c, e)) need++;
+        }
         if (need <= reserved) break;
         if (!ctx.alloc.tryReserve(need - reserved)) {
           try {
@@ -324,6 +400,8 @@ export class Volume {
     const opId = ctx.tracker.begin();
     let batch: RecordBatch | null = null;
     let waitSeq = 0;
+    /** chunks this request redirected away from (shared with a snapshot), released once the records exist */
+    let redirected: number[] | null = null;
     /** [physicalPos, start, end, ...] relative to offset */
     const runs: number[] = [];
     let runPos = -1;
@@ -350,6 +428,18 @@ export class Volume {
             if (mode === ZERO_ALLOCATE) skip = true;
             e = p + 1;
           }
+        } else if (sharing && this.isShared(c, e)) {
+          // redirect-on-write: the request covers the whole chunk (unshareRange copied partial ones), so it goes
+          // to a clean chunk like W1; the snapshot keeps the old one
+          const p = ctx.alloc.take(st.cursor);
+          reserved--;
+          (redirected ??= []).push(e - 1);
+          st.mapChunk(c, p, G);
+          st.cursor = p + 1;
+          if (st.pendingMarks.size > 0) st.pendingMarks.delete(c);
+          (batch ??= new RecordBatch(journal, st.id, G)).map(c, p);
+          if (mode !== WRITE) skip = true;
+          e = p + 1;
         } else {
           const r = overwriteRule(st, c, journal.durableSeq);
           if (r === NEEDS_MARK) {
@@ -381,6 +471,7 @@ export class Volume {
       if (runPos >= 0) runs.push(runPos, runStart, runEnd);
       if (batch !== null) {
         const seq = batch.finish();
+        if (redirected !== null) for (const p of redirected) ctx.alloc.release(p, seq);
         const m = batch.marked;
         if (m.length > 0) {
           for (let k = 0; k < m.length; k += 2) {
@@ -426,15 +517,129 @@ export class Volume {
     return native.pwritev(fd, iov, pos).then(written);
   }
 
+  // ---------------------------------------------------------------- copy-on-write
+
+  /** chunks being copied away from their shared chunk, with the promise of that copy */
+  private readonly unsharing = new Map<number, Promise<void>>();
+
+  /** whether chunk c (mapped to physical e - 1) is shared with another volume */
+  private isShared(c: number, e: number): boolean {
+    return this.state.map.isPageShared(c >>> PAGE_SHIFT) || this.ctx.alloc.refcount(e - 1) > 1;
+  }
+
+  /**
+   * Copies the shared chunks of [offset, offset + len) to chunks of this volume's own; `partialOnly` limits
+   * that to the (at most two) chunks the range covers in part. Waits for copies of these chunks in progress.
+   */
+  private async unshareRange(offset: number, len: number, partialOnly: boolean): Promise<void> {
+    const cs = this.ctx.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + len - 1) / cs);
+    const end = offset + len;
+    let list: number[] | null = null;
+    for (let c = first; c <= last; c++) {
+      if (partialOnly && c > first && c < last) continue;
+      const inProgress = this.unsharing.get(c);
+      if (inProgress !== undefined) await inProgress;
+      if (partialOnly && c * cs >= offset && Math.min((c + 1) * cs, this.state.size) <= end) continue;
+      const e = this.state.map.get(c);
+      if (e !== 0 && this.isShared(c, e)) (list ??= []).push(c);
+    }
+    if (list !== null) await this.unshareChunks(list);
+  }
+
+  /**
+   * Copies each shared chunk in `chunks` (ascending) to a clean chunk: read, write, fdatasync, and only then the
+   * new mapping (a MAP record with the chunk's unchanged generation) and the release of the shared chunk. The
+   * copy is durable before its mapping can be, so a crash never leaves a mapping to a half-copied chunk.
+   * Used before partial writes, by on-demand copying and by the background copy of `volume copy`.
+   * @internal
+   */
+  async unshareChunks(chunks: readonly number[]): Promise<number> {
+    const ctx = this.ctx;
+    const st = this.state;
+    const cs = ctx.chunkSize;
+    const mine: number[] = [];
+    for (const c of chunks) {
+      const e = st.map.get(c);
+      if (e !== 0 && !this.unsharing.has(c) && this.isShared(c, e)) mine.push(c);
+    }
+    if (mine.length === 0) return 0;
+    let finished!: () => void;
+    const done = new Promise<void>((r) => (finished = r));
+    for (const c of mine) this.unsharing.set(c, done);
+    let reserved = 0;
+    let opId = 0;
+    try {
+      await ctx.alloc.reserve(mine.length);
+      reserved = mine.length;
+      opId = ctx.tracker.begin();
+      const olds: number[] = [];
+      const news: number[] = [];
+      const buf = native.allocAligned(mine.length * cs);
+      for (const c of mine) {
+        // own the mapping page first: a page shared with a snapshot is copied, its chunks gain a reference
+        st.map.own(c);
+        const old = st.map.get(c) - 1;
+        const p = old >= 0 && ctx.alloc.refcount(old) > 1 ? ctx.alloc.take(st.cursor) : -1;
+        if (p >= 0) {
+          reserved--;
+          st.cursor = p + 1;
+        }
+        olds.push(old);
+        news.push(p);
+      }
+      const fd = ctx.data.fd;
+      await settleAll(mine.map((_c, i) => (news[i] < 0 ? Promise.resolve() : readRest(fd, buf.subarray(i * cs, (i + 1) * cs), olds[i] * cs, 0))));
+      await settleAll(
+        mine.map((_c, i) => (news[i] < 0 ? Promise.resolve() : native.pwrite(fd, buf.subarray(i * cs, (i + 1) * cs), news[i] * cs).then(ctx.data.written))),
+      );
+      await ctx.data.sync();
+      let copied = 0;
+      for (let i = 0; i < mine.length; i++) {
+        const c = mine[i];
+        const p = news[i];
+        if (p < 0) continue;
+        if (st.deleted || st.map.get(c) !== olds[i] + 1) {
+          // trimmed, redirected or deleted meanwhile: the copy is not needed
+          ctx.alloc.release(p, ctx.journal.lastSeq);
+          continue;
+        }
+        const g = st.gens.get(c);
+        st.map.set(c, p + 1);
+        const seq = appendMap(ctx.journal, st.id, c, p, 1, g);
+        ctx.alloc.release(olds[i], seq);
+        copied++;
+      }
+      return copied;
+    } finally {
+      if (opId !== 0) ctx.tracker.end(opId);
+      if (reserved > 0) ctx.alloc.unreserve(reserved);
+      for (const c of mine) this.unsharing.delete(c);
+      finished();
+    }
+  }
+
+  /** whether chunk c is still shared with another volume (background copy) @internal */
+  chunkShared(c: number): boolean {
+    const e = this.state.map.get(c);
+    return e !== 0 && this.isShared(c, e);
+  }
+
   // ---------------------------------------------------------------- trim / zero
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     const ctx = this.ctx;
     ctx.enter();
     try {
-      this.checkRange(offset, length, this.state.size);
+      this.checkWritable(offset, length);
       if (length === 0) return;
-      await this.discard(offset, length);
+      await this.enterMutation();
+      try {
+        await this.discard(offset, length);
+      } finally {
+        this.leaveMutation();
+      }
       if (fua) await durabilityBarrier(ctx.journal, ctx.data);
     } finally {
       ctx.leave();
@@ -445,17 +650,22 @@ export class Volume {
     const ctx = this.ctx;
     ctx.enter();
     try {
-      this.checkRange(offset, length, this.state.size);
+      this.checkWritable(offset, length);
       if (length === 0) return;
-      if (!opts.noHole) {
-        await this.discard(offset, length);
-      } else {
-        const step = Math.max(ctx.chunkSize, ZERO_SLICE_BYTES);
-        for (let pos = offset; pos < offset + length; ) {
-          const next = Math.min(offset + length, (Math.floor(pos / step) + 1) * step);
-          await this.writeRange(pos, next - pos, null, ZERO_ALLOCATE, false);
-          pos = next;
+      await this.enterMutation();
+      try {
+        if (!opts.noHole) {
+          await this.discard(offset, length);
+        } else {
+          const step = Math.max(ctx.chunkSize, ZERO_SLICE_BYTES);
+          for (let pos = offset; pos < offset + length; ) {
+            const next = Math.min(offset + length, (Math.floor(pos / step) + 1) * step);
+            await this.writeRange(pos, next - pos, null, ZERO_ALLOCATE, false);
+            pos = next;
+          }
         }
+      } finally {
+        this.leaveMutation();
       }
       if (opts.fua) await durabilityBarrier(ctx.journal, ctx.data);
     } finally {
@@ -590,6 +800,11 @@ export class Volume {
 
   private checkAlive(): void {
     if (this.state.deleted) throw new PoolError('ENOENT', `volume ${this.state.name} was deleted`);
+  }
+
+  private checkWritable(offset: number, length: number): void {
+    this.checkRange(offset, length, this.state.size);
+    if (this.state.flags & VolumeFlag.READ_ONLY) throw new PoolError('EPERM', `volume ${this.state.name} is read-only`);
   }
 
   private checkRange(offset: number, length: number, size: number): void {

@@ -1,0 +1,220 @@
+/**
+ * Snapshots in the pool (seed 003): copy-on-write isolation against a model under concurrent random I/O on every
+ * side, snapshots of snapshots, deletion in every order with the space coming back, persistence through clean
+ * reopen and crash images, and creation work that does not grow with the volume size.
+ */
+import path from 'node:path';
+import { afterEach, describe, expect, test } from 'vitest';
+import { Pool, VolumeFlag, type Volume } from '../src/pool/index.js';
+import { VolumeModel, compareWithModel, crashImage, mulberry32, newPool, pattern, readAll, rmDir } from './pool-helpers.js';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+const CS = 4096;
+
+function cloneModel(m: VolumeModel): VolumeModel {
+  const c = new VolumeModel(m.size, m.cs);
+  m.content.copy(c.content);
+  c.mapped = [...m.mapped];
+  c.gen = [...m.gen];
+  c.current = m.current;
+  return c;
+}
+
+async function expectAllMatch(pool: Pool, models: Map<string, VolumeModel>, when: string): Promise<void> {
+  for (const [name, model] of models) {
+    const vol = pool.volume(name);
+    expect(vol, `${when}: volume ${name} exists`).toBeDefined();
+    expect(await compareWithModel(vol!, model), `${when}: volume ${name}`).toBe('');
+  }
+  const check = pool.check();
+  expect(check.problems, when).toEqual([]);
+}
+
+describe('snapshots', () => {
+  test('isolation under concurrent random writes on all sides, snapshots of snapshots, reopen and crash images', async () => {
+    const { dir, pool: first } = await newPool('snap', { chunkSize: CS });
+    cleanups.push(() => rmDir(path.dirname(dir)));
+    let pool = first;
+    cleanups.push(() => pool.close().catch(() => {}));
+    const SIZE = 96 * CS + 1536; // a partial last chunk
+    await pool.createVolume('v', SIZE);
+    const models = new Map<string, VolumeModel>([['v', new VolumeModel(SIZE, CS)]]);
+    const readOnly = new Set<string>();
+    const rnd = mulberry32(4242);
+    let seed = 1;
+    let snapCount = 0;
+
+    const randomRange = (size: number, maxLen: number): [number, number] => {
+      const off = Math.floor(rnd() * size);
+      const len = Math.max(1, Math.min(size - off, 1 + Math.floor(rnd() * maxLen)));
+      return [off, len];
+    };
+
+    for (let round = 0; round < 40; round++) {
+      // a batch of concurrent operations: one per writable volume, plus a snapshot of a random volume mid-batch
+      const writable = [...models.keys()].filter((n) => !readOnly.has(n));
+      const ops: Array<Promise<unknown>> = [];
+      for (const name of writable) {
+        const model = models.get(name)!;
+        const vol = pool.volume(name)!;
+        const k = rnd();
+        const [off, len] = randomRange(model.size, 6 * CS);
+        if (k < 0.7) {
+          const data = pattern(len, seed++);
+          model.write(off, data);
+          ops.push(vol.write(off, data, false));
+        } else if (k < 0.85) {
+          model.discard(off, len);
+          ops.push(vol.trim(off, len, false));
+        } else {
+          model.zeroNoHole(off, len);
+          ops.push(vol.zero(off, len, { noHole: true, fua: false }));
+        }
+      }
+      await Promise.all(ops);
+      if (round % 3 === 0 && models.size < 9) {
+        const names = [...models.keys()];
+        const src = names[Math.floor(rnd() * names.length)];
+        const name = `s${++snapCount}`;
+        const writableSnap = rnd() < 0.6;
+        await pool.cloneVolume(src, name, { flags: VolumeFlag.SNAPSHOT | (writableSnap ? 0 : VolumeFlag.READ_ONLY) });
+        models.set(name, cloneModel(models.get(src)!));
+        if (!writableSnap) readOnly.add(name);
+      }
+      if (round % 7 === 6 && models.size > 4) {
+        // delete a random volume (sources and snapshots alike)
+        const names = [...models.keys()];
+        const victim = names[Math.floor(rnd() * names.length)];
+        await pool.deleteVolume(victim);
+        models.delete(victim);
+        readOnly.delete(victim);
+      }
+      if (round % 5 === 4) await pool.volume([...models.keys()][0])!.advanceGeneration().then(() => models.get([...models.keys()][0])!.advance());
+      await expectAllMatch(pool, models, `round ${round}`);
+      if (round % 10 === 9) {
+        // a crash image after a flush holds everything, including the sharing
+        await pool.flush();
+        const image = await crashImage(dir, 'snapcrash', pool);
+        const crashed = await Pool.open(image);
+        await expectAllMatch(crashed, models, `crash image after round ${round}`);
+        await crashed.close();
+        rmDir(path.dirname(image));
+        // and a clean reopen (checkpoint with shared pages)
+        await pool.close();
+        pool = await Pool.open(dir);
+        await expectAllMatch(pool, models, `reopen after round ${round}`);
+      }
+    }
+    // read-only snapshots refuse writes and stay unchanged
+    const ro = [...readOnly][0];
+    if (ro) await expect(pool.volume(ro)!.write(0, Buffer.alloc(10), false)).rejects.toMatchObject({ code: 'EPERM' });
+    // delete everything; the space comes back
+    for (const name of [...models.keys()]) {
+      await pool.deleteVolume(name);
+      models.delete(name);
+      expect(pool.check().problems).toEqual([]);
+    }
+    await pool.settleFrees();
+    expect(pool.stats().chunksUsed).toBe(0);
+  });
+
+  test('deletion in every order of a volume, its snapshot and a snapshot of the snapshot frees exactly the unshared chunks', async () => {
+    const orders = [
+      ['v', 's', 't'],
+      ['v', 't', 's'],
+      ['s', 'v', 't'],
+      ['s', 't', 'v'],
+      ['t', 'v', 's'],
+      ['t', 's', 'v'],
+    ];
+    for (const order of orders) {
+      const { dir, pool } = await newPool('snapdel', { chunkSize: CS });
+      cleanups.push(() => rmDir(path.dirname(dir)));
+      cleanups.push(() => pool.close().catch(() => {}));
+      await pool.createVolume('v', 32 * CS);
+      const v = pool.volume('v')!;
+      await v.write(0, pattern(16 * CS, 1), false); // chunks 0..15
+      await pool.cloneVolume('v', 's', { flags: VolumeFlag.SNAPSHOT });
+      await v.write(0, pattern(4 * CS, 2), false); // v: 0..3 now its own
+      await pool.cloneVolume('s', 't', { flags: VolumeFlag.SNAPSHOT });
+      await pool.volume('s')!.write(8 * CS + 100, pattern(CS, 3), false); // s: partial writes into 8 and 9 (copied)
+      await pool.volume('t')!.write(20 * CS, pattern(CS, 4), false); // t: a new chunk
+      const expected = {
+        v: Buffer.concat([pattern(4 * CS, 2), pattern(16 * CS, 1).subarray(4 * CS), Buffer.alloc(16 * CS)]),
+        s: await readAll(pool.volume('s')!, 0, 32 * CS),
+        t: await readAll(pool.volume('t')!, 0, 32 * CS),
+      };
+      // distinct chunks: 16 original + 4 (v) + 2 (s) + 1 (t)
+      expect(pool.stats().chunksUsed).toBe(23);
+      const alive = new Set(['v', 's', 't']);
+      for (const name of order) {
+        await pool.deleteVolume(name);
+        alive.delete(name);
+        expect(pool.check().problems, `after deleting ${name} (order ${order})`).toEqual([]);
+        for (const other of alive) {
+          expect((await readAll(pool.volume(other)!, 0, 32 * CS)).equals(expected[other as 'v' | 's' | 't']), `${other} after deleting ${name}`).toBe(true);
+        }
+      }
+      await pool.settleFrees();
+      expect(pool.stats().chunksUsed, `order ${order}`).toBe(0);
+    }
+  });
+
+  test('creation work is one step per mapping page, the same for a 1 GiB and a 1 TiB sparse volume', async () => {
+    const { dir, pool } = await newPool('snapflat');
+    cleanups.push(() => rmDir(path.dirname(dir)));
+    cleanups.push(() => pool.close().catch(() => {}));
+    const shares = (pool as unknown as { meta: { shares: { map: { shareSteps: number }; gens: { shareSteps: number } } } }).meta.shares;
+    const steps: number[] = [];
+    for (const [name, size] of [
+      ['small', 1024 ** 3],
+      ['huge', 1024 ** 4],
+    ] as const) {
+      await pool.createVolume(name, size);
+      const vol = pool.volume(name)!;
+      // the same 8 MiB of data (2 mapping pages at 64 KiB chunks) at the start and in the middle of the volume
+      await vol.write(0, pattern(4 * 1024 * 1024, 7), false);
+      await vol.write(Math.floor(size / 2 / 65536) * 65536, pattern(4 * 1024 * 1024, 8), false);
+      const before = shares.map.shareSteps + shares.gens.shareSteps;
+      const journalBefore = pool.stats().journalBytes;
+      await pool.cloneVolume(name, `${name}-snap`, { flags: VolumeFlag.SNAPSHOT });
+      steps.push(shares.map.shareSteps + shares.gens.shareSteps - before);
+      expect(pool.stats().journalBytes - journalBefore).toBeLessThan(200); // one record
+    }
+    expect(steps[0]).toBe(4); // 2 mapping pages + 2 generation pages
+    expect(steps[1]).toBe(steps[0]);
+  });
+
+  test('a snapshot taken while writes are in flight sees each write entirely or not at all', async () => {
+    const { dir, pool } = await newPool('snapgate', { chunkSize: CS });
+    cleanups.push(() => rmDir(path.dirname(dir)));
+    cleanups.push(() => pool.close().catch(() => {}));
+    await pool.createVolume('v', 256 * CS);
+    const v: Volume = pool.volume('v')!;
+    const writes: Array<Promise<void>> = [];
+    for (let i = 0; i < 64; i++) writes.push(v.write(i * 4 * CS, pattern(4 * CS, 100 + i), false));
+    const snap = pool.cloneVolume('v', 'snap', { flags: VolumeFlag.SNAPSHOT | VolumeFlag.READ_ONLY, advanceSourceGeneration: true });
+    await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 64; i++) writes.push(v.write(i * 4 * CS, pattern(4 * CS, 200 + i), false));
+    const { closedGeneration } = await snap;
+    await Promise.all(writes);
+    expect(closedGeneration).toBe(1);
+    const s = pool.volume('snap')!;
+    let after = 0;
+    for (let i = 0; i < 64; i++) {
+      const got = await readAll(s, i * 4 * CS, 4 * CS);
+      const ok = got.equals(pattern(4 * CS, 100 + i)) || got.equals(Buffer.alloc(4 * CS)) || got.equals(pattern(4 * CS, 200 + i));
+      expect(ok, `range ${i} is one whole write`).toBe(true);
+      if (!got.equals(pattern(4 * CS, 200 + i))) after++;
+    }
+    // the second writes that came after the view are exactly the chunks in generation 2 on the source
+    expect(after).toBeGreaterThan(0);
+    for (let i = 0; i < 64; i++) expect(await readAll(v, i * 4 * CS, 4 * CS)).toEqual(pattern(4 * CS, 200 + i));
+    expect(v.generations().current).toBe(2);
+    expect(v.generations().counts.find((c) => c.generation === 2)?.chunks).toBe(after * 4);
+  });
+});
