@@ -218,3 +218,53 @@ describe('snapshots', () => {
     expect(v.generations().counts.find((c) => c.generation === 2)?.chunks).toBe(after * 4);
   });
 });
+
+describe('volume copy (seed 000 pseudo-copy)', () => {
+  test('usable at once, on-demand copy of what is read or written while the background job runs, restart in the middle', async () => {
+    const { dir, pool: first } = await newPool('copy', { chunkSize: CS });
+    cleanups.push(() => rmDir(path.dirname(dir)));
+    let pool = first;
+    cleanups.push(() => pool.close().catch(() => {}));
+    const SIZE = 4096 * CS; // 16 MiB, 4096 chunks
+    await pool.createVolume('src', SIZE);
+    const src = pool.volume('src')!;
+    const original = Buffer.alloc(SIZE);
+    for (let i = 0; i < 300; i++) {
+      const off = Math.floor(((i * 7919) % 4000) * CS + (i % 3) * 512);
+      const data = pattern(3 * CS, 500 + i);
+      data.copy(original, off);
+      await src.write(off, data, false);
+    }
+    await pool.cloneVolume('src', 'cp', { flags: VolumeFlag.COPYING });
+    expect(pool.volume('cp')!.info()).toMatchObject({ kind: 'copy', copying: true });
+    // restart in the middle: the pool closes before the job got far, the job resumes at open
+    expect(pool.copyProgress('cp')[0].finished).toBe(false);
+    await pool.close();
+    pool = await Pool.open(dir);
+    const cp = pool.volume('cp')!;
+    expect(cp.info().copying).toBe(true);
+    // reads and a partial write on the copy while the job runs (copied on demand); the source stays writable
+    const expectedCopy = Buffer.from(original);
+    const reads = [readAll(cp, 3900 * CS, 64 * CS), readAll(cp, 2000 * CS, 64 * CS)];
+    await cp.write(3980 * CS + 100, pattern(200, 9), false);
+    pattern(200, 9).copy(expectedCopy, 3980 * CS + 100);
+    await pool.volume('src')!.write(3990 * CS, pattern(CS, 10), false);
+    const expectedSrc = Buffer.from(original);
+    pattern(CS, 10).copy(expectedSrc, 3990 * CS);
+    const [r1, r2] = await Promise.all(reads);
+    expect(r1.equals(original.subarray(3900 * CS, 3964 * CS))).toBe(true);
+    expect(r2.equals(original.subarray(2000 * CS, 2064 * CS))).toBe(true);
+    const progress = await pool.waitForCopy('cp');
+    expect(pool.volume('cp')!.info().copying).toBe(false);
+    if (progress) expect(progress.finished).toBe(true);
+    expect((await readAll(pool.volume('cp')!, 0, SIZE)).equals(expectedCopy)).toBe(true);
+    expect((await readAll(pool.volume('src')!, 0, SIZE)).equals(expectedSrc)).toBe(true);
+    // nothing is shared any more: deleting the source frees all of its chunks
+    const usedBefore = pool.stats().chunksUsed;
+    const srcChunks = pool.volume('src')!.info().allocatedChunks;
+    await pool.deleteVolume('src');
+    await pool.settleFrees();
+    expect(pool.stats().chunksUsed).toBe(usedBefore - srcChunks);
+    expect(pool.check().problems).toEqual([]);
+  });
+});
