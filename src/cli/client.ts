@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ControlClient, ControlClientError } from '../control/client.js';
+import { progressReporter, type ProgressReporter } from './progress.js';
 
 export interface ClientOptions {
   pool?: string;
@@ -28,11 +29,16 @@ export async function runClientCommand<T>(
   cmd: string,
   args: Record<string, unknown>,
   render: (result: T) => string,
+  job?: { label: string; quiet?: boolean },
 ): Promise<void> {
   let client: ControlClient | undefined;
+  let progress: ProgressReporter | undefined;
   try {
     client = await ControlClient.connect(controlPath(opts));
-    const result = await client.call<T>(cmd, args);
+    if (job && !job.quiet) progress = progressReporter(job.label);
+    const result = await client.call<T>(cmd, args, progress ? { onProgress: (done, total) => progress!.update(done, total) } : {});
+    progress?.stop();
+    progress = undefined;
     process.stdout.write((opts.json ? JSON.stringify(result, null, 2) : render(result)) + '\n');
   } catch (err) {
     const e = err as ControlClientError;
@@ -40,6 +46,7 @@ export async function runClientCommand<T>(
     process.stderr.write(`thinvault: ${e.message}${e.code ? ` [${e.code}]` : ''}\n`);
     process.exitCode = 1;
   } finally {
+    progress?.stop();
     client?.close();
   }
 }

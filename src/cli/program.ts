@@ -12,6 +12,7 @@ import { parseSize, formatSize } from '../util/size.js';
 import { VERSION } from '../version.js';
 import { addClientOptions, runClientCommand, type ClientOptions } from './client.js';
 import { volumeCommand } from './volume.js';
+import { addVolumeCopyCommands, snapshotCommand } from './snapshot.js';
 import { table, keyValues } from './output.js';
 
 function sizeOption(value: string): number {
@@ -171,7 +172,10 @@ addClientOptions(poolGroup.command('check').description('read-only consistency c
   ),
 );
 
-program.addCommand(volumeCommand());
+const volumeGroup = volumeCommand();
+addVolumeCopyCommands(volumeGroup);
+program.addCommand(volumeGroup);
+program.addCommand(snapshotCommand());
 
 program.parseAsync(process.argv).catch((err: Error & { code?: string }) => {
   process.stderr.write(`thinvault: ${err.message}${err.code && !err.code.startsWith('commander') ? ` [${err.code}]` : ''}\n`);

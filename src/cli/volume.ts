@@ -9,6 +9,7 @@ function volumeBlock(v: VolumeInfo & { openConnections?: number }): string {
     ['name', v.name],
     ['uuid', v.uuid],
     ['size', `${formatSize(v.size)} (${v.size} bytes)`],
+    ['kind', v.kind + (v.readOnly ? ', read-only' : '') + (v.copying ? ', background copy running' : '')],
     ['allocated', `${formatSize(v.allocatedBytes)} (${v.allocatedChunks} chunks)`],
     ['generation', v.generation],
     ['created', v.createdAt],
@@ -38,8 +39,15 @@ export function volumeCommand(): Command {
       volumes.length === 0
         ? 'no volumes'
         : table(
-            ['NAME', 'SIZE', 'ALLOCATED', 'GEN', 'UUID'],
-            volumes.map((v) => [v.name, formatSize(v.size), formatSize(v.allocatedBytes), v.generation, v.uuid]),
+            ['NAME', 'KIND', 'SIZE', 'ALLOCATED', 'GEN', 'UUID'],
+            volumes.map((v) => [
+              v.name,
+              v.kind + (v.readOnly ? ' (ro)' : '') + (v.copying ? ' (copying)' : ''),
+              formatSize(v.size),
+              formatSize(v.allocatedBytes),
+              v.generation,
+              v.uuid,
+            ]),
           ),
     ),
   );

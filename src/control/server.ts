@@ -10,8 +10,9 @@ import { ControlError, LineSplitter, type ControlRequest, type ControlResponse, 
 import type { CommandDef, DaemonContext } from './command.js';
 import { volumeCommands } from './commands/volume.js';
 import { daemonCommands } from './commands/daemon.js';
+import { snapshotCommands } from './commands/snapshot.js';
 
-export const ALL_COMMANDS: readonly CommandDef[] = [...daemonCommands, ...volumeCommands] as CommandDef[];
+export const ALL_COMMANDS: readonly CommandDef[] = [...daemonCommands, ...volumeCommands, ...snapshotCommands] as CommandDef[];
 
 /** Error codes a handler's error may carry through to the client unchanged. */
 const PASSTHROUGH_CODES = new Set(['ENOENT', 'EEXIST', 'EBUSY', 'ENOSPC', 'EINVAL', 'EIO', 'ELOCKED', 'ECORRUPT']);
