@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { Pool } from './pool/index.js';
 import { NbdServer, systemdListenFds } from './nbd/server.js';
 import { PoolExportProvider } from './exports/volume-export.js';
+import { removeOrphanReplicaMetadata } from './backup/replica.js';
 import { ControlServer } from './control/server.js';
 import type { DaemonContext } from './control/command.js';
 
@@ -52,11 +53,12 @@ export interface RunningDaemon {
 export async function startDaemon(opts: ServeOptions): Promise<RunningDaemon> {
   const { log } = opts;
   const pool = await Pool.open(opts.poolDir, { logger: log.child({ component: 'pool' }) });
+  removeOrphanReplicaMetadata(pool, log.child({ component: 'backup' }));
   const tls = opts.tls
     ? { cert: fs.readFileSync(opts.tls.certFile), key: fs.readFileSync(opts.tls.keyFile), required: opts.tls.required }
     : undefined;
   const nbd = new NbdServer({
-    provider: new PoolExportProvider(pool),
+    provider: new PoolExportProvider(pool, log.child({ component: 'exports' })),
     logger: log.child({ component: 'nbd' }),
     tls,
     defaultExport: opts.stdioExport,

@@ -4,6 +4,12 @@ import { Command, Option } from 'commander';
 import { ControlClient, ControlClientError } from '../control/client.js';
 import { progressReporter, type ProgressReporter } from './progress.js';
 
+/** Work the CLI does while the daemon runs the command (relaying `-` through a pipe). */
+export interface JobRelay {
+  /** resolves with the command's result once both the command and the relay are done */
+  during<T>(call: Promise<T>): Promise<T>;
+}
+
 export interface ClientOptions {
   pool?: string;
   control?: string;
@@ -29,17 +35,19 @@ export async function runClientCommand<T>(
   cmd: string,
   args: Record<string, unknown>,
   render: (result: T) => string,
-  job?: { label: string; quiet?: boolean },
+  job?: { label: string; quiet?: boolean; resultToStderr?: boolean; around?: JobRelay },
 ): Promise<void> {
   let client: ControlClient | undefined;
   let progress: ProgressReporter | undefined;
   try {
     client = await ControlClient.connect(controlPath(opts));
     if (job && !job.quiet) progress = progressReporter(job.label);
-    const result = await client.call<T>(cmd, args, progress ? { onProgress: (done, total) => progress!.update(done, total) } : {});
+    const call = client.call<T>(cmd, args, progress ? { onProgress: (done, total) => progress!.update(done, total) } : {});
+    const result = job?.around ? await job.around.during(call) : await call;
     progress?.stop();
     progress = undefined;
-    process.stdout.write((opts.json ? JSON.stringify(result, null, 2) : render(result)) + '\n');
+    const out = job?.resultToStderr ? process.stderr : process.stdout;
+    out.write((opts.json ? JSON.stringify(result, null, 2) : render(result)) + '\n');
   } catch (err) {
     const e = err as ControlClientError;
     if (opts.json) process.stdout.write(JSON.stringify({ error: { code: e.code ?? 'ERROR', message: e.message } }) + '\n');

@@ -13,6 +13,7 @@ import { VERSION } from '../version.js';
 import { addClientOptions, runClientCommand, type ClientOptions } from './client.js';
 import { volumeCommand } from './volume.js';
 import { addVolumeCopyCommands, snapshotCommand } from './snapshot.js';
+import { backupCommands } from './backup.js';
 import { table, keyValues } from './output.js';
 
 function sizeOption(value: string): number {
@@ -176,6 +177,7 @@ const volumeGroup = volumeCommand();
 addVolumeCopyCommands(volumeGroup);
 program.addCommand(volumeGroup);
 program.addCommand(snapshotCommand());
+backupCommands(program);
 
 program.parseAsync(process.argv).catch((err: Error & { code?: string }) => {
   process.stderr.write(`thinvault: ${err.message}${err.code && !err.code.startsWith('commander') ? ` [${err.code}]` : ''}\n`);

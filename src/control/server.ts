@@ -11,11 +11,18 @@ import type { CommandDef, DaemonContext } from './command.js';
 import { volumeCommands } from './commands/volume.js';
 import { daemonCommands } from './commands/daemon.js';
 import { snapshotCommands } from './commands/snapshot.js';
+import { backupCommands } from './commands/backup.js';
 
-export const ALL_COMMANDS: readonly CommandDef[] = [...daemonCommands, ...volumeCommands, ...snapshotCommands] as CommandDef[];
+export const ALL_COMMANDS: readonly CommandDef[] = [...daemonCommands, ...volumeCommands, ...snapshotCommands, ...backupCommands] as CommandDef[];
 
-/** Error codes a handler's error may carry through to the client unchanged. */
-const PASSTHROUGH_CODES = new Set(['ENOENT', 'EEXIST', 'EBUSY', 'ENOSPC', 'EINVAL', 'EIO', 'ELOCKED', 'ECORRUPT']);
+/** Error codes of the layers below (pool, media, streams) that reach the client unchanged (docs/control-api.md). */
+const PASSTHROUGH_CODES = new Set([
+  'ENOENT', 'EEXIST', 'EBUSY', 'ENOSPC', 'EINVAL', 'EIO', 'ELOCKED', 'ECORRUPT', 'EPERM', 'EOVERFLOW',
+  // media
+  'EACCES', 'ENOTTAPE', 'ENOMEDIUM', 'EROFS', 'ENOTSUP', 'EMSGSIZE', 'ETRUNC',
+  // streams
+  'ENOTSTREAM', 'EUNSUPPORTED', 'ETRUNCATED',
+]);
 
 const requestShape = z.object({
   id: z.union([z.number(), z.string()]),

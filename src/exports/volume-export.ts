@@ -1,6 +1,9 @@
 /** A pool volume served as a read-write NBD export. */
 import type { Export, Extent, ExportProvider, ExportHandle, HoleList, ZeroOptions } from '../nbd/export.js';
+import type { Logger } from 'pino';
 import type { Pool, Volume } from '../pool/index.js';
+import { ReplicaImage } from '../backup/replica.js';
+import { ReplicaExport } from './replica-export.js';
 
 /** NBD base:allocation flags (the values are fixed by the protocol; named here to keep pool types NBD-free) */
 const STATE_HOLE = 1;
@@ -64,9 +67,12 @@ export class VolumeExport implements Export {
   }
 }
 
-/** Serves every volume of a pool under its own name. */
+/** Serves every volume of a pool under its own name (a replica as its packed image). */
 export class PoolExportProvider implements ExportProvider {
-  constructor(private readonly pool: Pool) {}
+  constructor(
+    private readonly pool: Pool,
+    private readonly log?: Logger,
+  ) {}
 
   list(): Array<{ name: string; description: string }> {
     return this.pool.listVolumes().map((v) => ({ name: v.name, description: `thinvault volume ${v.name}` }));
@@ -76,10 +82,21 @@ export class PoolExportProvider implements ExportProvider {
     const volume = this.pool.volume(name);
     // internal volumes (backup views, restore staging) and volumes held by a restore are not served
     if (!volume || volume.info().kind === 'internal' || volume.heldBy !== null) return undefined;
+    let exp: Export;
+    if (volume.info().kind === 'replica') {
+      try {
+        exp = new ReplicaExport(ReplicaImage.open(this.pool, name), name);
+      } catch (err) {
+        this.log?.error({ replica: name, err: (err as Error).message }, 'replica image unavailable');
+        return undefined;
+      }
+    } else {
+      exp = new VolumeExport(volume, this.pool.chunkSize);
+    }
     volume.acquire();
     let released = false;
     return {
-      export: new VolumeExport(volume, this.pool.chunkSize),
+      export: exp,
       release: () => {
         if (released) return;
         released = true;

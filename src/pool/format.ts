@@ -45,6 +45,7 @@ export const RecordType = {
   GEN_REBASE: 11,
   VOLUME_RENAME: 12,
   VOLUME_REPLACE: 13,
+  VOLUME_ORIGIN: 14,
 } as const;
 export type RecordTypeCode = (typeof RecordType)[keyof typeof RecordType];
 

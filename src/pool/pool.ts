@@ -38,6 +38,7 @@ import {
   appendVolumeCreate,
   appendVolumeDelete,
   appendVolumeFlags,
+  appendVolumeOrigin,
   appendVolumeRename,
   appendVolumeReplace,
   appendVolumeResize,
@@ -369,14 +370,20 @@ export class Pool {
     return v;
   }
 
-  createVolume(name: string, size: number): Promise<VolumeInfo> {
+  /** `internal`: a hidden volume (name starting with '.'), e.g. a restore's staging volume */
+  createVolume(name: string, size: number, opts: { internal?: boolean } = {}): Promise<VolumeInfo> {
     return this.serialized(async () => {
-      this.validateName(name);
+      this.validateName(name, opts.internal ?? false);
       this.validateSize(size);
       if (this.meta.byName.has(name)) throw new PoolError('EEXIST', `a volume named '${name}' exists`);
       const st = this.meta.newVolumeState(this.meta.nextVolumeId, name, randomUUID(), size, Date.now());
       this.meta.addVolume(st);
-      await this.journal.waitDurable(appendVolumeCreate(this.journal, st));
+      let seq = appendVolumeCreate(this.journal, st);
+      if (opts.internal) {
+        st.flags = VolumeFlag.HIDDEN;
+        seq = appendVolumeFlags(this.journal, st.id, st.flags);
+      }
+      await this.journal.waitDurable(seq);
       return this.volume(name)!.info();
     });
   }
@@ -468,8 +475,11 @@ export class Pool {
     });
   }
 
-  /** Renames a volume (restore staging becomes the restored volume), optionally setting its flags, durably. */
-  renameVolume(name: string, newName: string, flags?: number): Promise<VolumeInfo> {
+  /**
+   * Renames a volume (restore staging becomes the restored volume), optionally setting its flags and origin
+   * identity, durably and together.
+   */
+  renameVolume(name: string, newName: string, flags?: number, origin?: VolumeIdentity): Promise<VolumeInfo> {
     return this.serialized(async () => {
       const st = this.requireVolume(name).state;
       this.validateName(newName, false);
@@ -479,6 +489,10 @@ export class Pool {
       if (flags !== undefined) {
         st.flags = flags;
         seq = appendVolumeFlags(this.journal, st.id, flags);
+      }
+      if (origin !== undefined) {
+        st.origin = origin;
+        seq = appendVolumeOrigin(this.journal, st.id, origin);
       }
       await this.journal.waitDurable(seq);
       return this.volume(newName)!.info();
@@ -590,7 +604,7 @@ export class Pool {
   /** Work left by an interrupted run: unfinished internal volumes are deleted, background copies resumed. */
   private async resumeAfterOpen(): Promise<void> {
     for (const st of [...this.meta.volumes.values()]) {
-      if (st.has(VolumeFlag.INCOMPLETE) || st.has(VolumeFlag.HIDDEN)) {
+      if (st.has(VolumeFlag.INCOMPLETE) || st.has(VolumeFlag.HIDDEN) || st.name.startsWith('.')) {
         this.log.warn({ volume: st.name, flags: st.flags }, 'removing an internal volume left by an interrupted operation');
         await this.serialized(() => this.removeVolumeNow(this.volume(st.name)!));
       }

@@ -146,6 +146,14 @@ export function appendVolumeReplace(j: JournalWriter, target: number, staging: n
   return j.end();
 }
 
+/** VOLUME_ORIGIN: the volume's origin identity (a restored volume continues the lineage of its backups) */
+export function appendVolumeOrigin(j: JournalWriter, vol: number, origin: VolumeIdentity): number {
+  const o = j.begin(RecordType.VOLUME_ORIGIN, 4 + 16 + identityLength(origin));
+  j.staging.writeUInt32LE(vol, o);
+  writeIdentity(j.staging, o + 4, o + 20, origin);
+  return j.end();
+}
+
 /** Applies one scanned record to the metadata (replay). Throws ECORRUPT on a record that cannot apply. */
 export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
   const { buf, offset: o, length } = rec;
@@ -264,6 +272,13 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       if (target.chunks !== staging.chunks) bad(`volume ${target.name} and ${staging.name} differ in size`);
       target.takeContentFrom(staging);
       meta.removeVolume(staging);
+      break;
+    }
+    case RecordType.VOLUME_ORIGIN: {
+      need(21);
+      const v = volume(buf.readUInt32LE(o));
+      need(21 + buf[o + 20]);
+      v.origin = { uuid: bytesToUuid(buf, o + 4), name: buf.toString('utf8', o + 21, o + 21 + buf[o + 20]) };
       break;
     }
     default:

@@ -759,6 +759,14 @@ export class Volume {
     return this.state.gens.get(chunk);
   }
 
+  /** the mapped chunks, ascending, with their generations (a dump's record list) */
+  mappedChunks(): Array<{ chunk: number; generation: number }> {
+    const st = this.state;
+    const out: Array<{ chunk: number; generation: number }> = [];
+    st.map.forEachNonZero(0, st.chunks, (chunk) => out.push({ chunk, generation: st.gens.get(chunk) }));
+    return out;
+  }
+
   changedChunks(fromGeneration: number): number[] {
     return this.state.gens.changedSince(fromGeneration);
   }

@@ -1,0 +1,140 @@
+/** `backup`, `restore`, `media` and `replica` subcommands. */
+import { Command } from 'commander';
+import { addClientOptions, runClientCommand, type ClientOptions } from './client.js';
+import { keyValues, table } from './output.js';
+import { prepareTarget } from './media-target.js';
+import { formatSize } from '../util/size.js';
+import type { FullBackupResult, MediaListEntry, RestoreResult } from '../backup/jobs.js';
+import type { ReplicaInfo } from '../backup/replica.js';
+
+const TARGET_HELP = 'a file, - (stdout/stdin), tap:PATH[?capacity=SIZE] (SIMH tape image) or tape:/dev/nst0';
+
+function restoreBlock(r: RestoreResult): string {
+  return keyValues([
+    [r.verifyOnly ? 'verified' : 'restored', r.verifyOnly ? `${r.from}: every CRC, the chunk table and the trailer digest are good` : `${r.from} -> volume ${r.volume}`],
+    ['kind', r.kind],
+    ['volume', `${r.origin.name} (${r.origin.uuid})`],
+    ['taken', r.createdAt],
+    ['size', `${formatSize(r.volumeSize)} (${r.volumeSize} bytes)`],
+    ['records', `${r.records} (${r.chunksWritten} written, ${r.chunksSkippedAsZero} all-zero chunks left unallocated)`],
+    ['stream', `${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s`],
+  ]);
+}
+
+interface RestoreCliOptions extends ClientOptions {
+  as?: string;
+  into?: string;
+  verifyOnly?: boolean;
+  force?: boolean;
+}
+
+function restoreArgs(opts: RestoreCliOptions): Record<string, unknown> {
+  const args: Record<string, unknown> = {};
+  if (opts.as !== undefined) args.as = opts.as;
+  if (opts.into !== undefined) args.into = opts.into;
+  if (opts.verifyOnly) args.verifyOnly = true;
+  if (opts.force) args.force = true;
+  return args;
+}
+
+function addRestoreOptions(cmd: Command): Command {
+  return cmd
+    .option('--as <NEWVOL>', 'restore into a new thin volume with this name')
+    .option('--into <VOL>', 'replace the content of an existing volume of the same size (refused while it is attached)')
+    .option('--verify-only', 'check every CRC and the trailer digest, change nothing')
+    .option('--force', 'with --into: disconnect the NBD clients of VOL first');
+}
+
+export function backupCommands(program: Command): void {
+  const backup = new Command('backup').description('full backups (difference backups come with the generation map)');
+  addClientOptions(backup.command('full <VOL>').description('snapshot VOL, write a compacted full stream of it, restart its generation map'))
+    .requiredOption('--to <TARGET>', TARGET_HELP)
+    .option('--overwrite', 'replace a file that holds data / start a tape image over (default for tapes: append)')
+    .action((volume: string, opts: ClientOptions & { to: string; overwrite?: boolean }) => {
+      const target = prepareTarget(opts.to, 'out');
+      const toStdout = opts.to === '-';
+      return runClientCommand<FullBackupResult>(
+        opts,
+        'backup.full',
+        { volume, to: target.spec, overwrite: toStdout || (opts.overwrite ?? false) },
+        (r) =>
+          `full backup of ${r.volume} written to ${toStdout ? 'standard output' : r.target}` +
+          `${r.file > 1 || r.target.startsWith('tap:') || r.target.startsWith('tape:') ? ` (file #${r.file})` : ''}: ` +
+          `${r.records} chunks, ${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s; generation map restarted (now generation ${r.currentGeneration})`,
+        { label: `backup ${volume}`, quiet: opts.json && !toStdout, resultToStderr: toStdout, around: target.relay },
+      );
+    });
+  program.addCommand(backup);
+
+  addRestoreOptions(addClientOptions(program.command('restore').description('restore a backup stream; nothing changes unless all of it verifies')))
+    .requiredOption('--from <TARGET>', `${TARGET_HELP}; a tape with several backups needs #N (see media list)`)
+    .action((opts: RestoreCliOptions & { from: string }) => {
+      const target = prepareTarget(opts.from, 'in');
+      return runClientCommand<RestoreResult>(opts, 'restore', { from: target.spec, ...restoreArgs(opts) }, restoreBlock, {
+        label: 'restore',
+        quiet: opts.json,
+        around: target.relay,
+      });
+    });
+
+  const media = new Command('media').description('backup media');
+  addClientOptions(media.command('list <TARGET>').description('what a medium holds, from the stream headers only')).action(
+    (spec: string, opts: ClientOptions) =>
+      runClientCommand<{ target: string; files: MediaListEntry[] }>(opts, 'media.list', { target: prepareTarget(spec, 'in').spec }, ({ target, files }) =>
+        files.length === 0
+          ? `${target}: empty`
+          : table(
+              ['#', 'KIND', 'VOLUME', 'TAKEN', 'VOLUME SIZE', 'STREAM', 'GENERATIONS', 'STATE'],
+              files.map((f) => [
+                f.file,
+                f.kind,
+                f.volume ?? '-',
+                f.createdAt ?? '-',
+                f.volumeSize === null ? '-' : formatSize(f.volumeSize),
+                f.streamBytes === null ? '-' : formatSize(f.streamBytes),
+                f.generations ?? '-',
+                f.problem ? `unreadable: ${f.problem}` : f.complete === false ? 'INCOMPLETE' : f.complete ? 'complete' : 'complete?',
+              ]),
+            ),
+      ),
+  );
+  program.addCommand(media);
+
+  const replica = new Command('replica').description('compacted replicas: allocated chunks packed behind a table, exported read-only');
+  const replicaBlock = (r: ReplicaInfo) =>
+    keyValues([
+      ['name', r.name],
+      ['of', `${r.origin.name} (${r.origin.uuid})`],
+      ['created', r.createdAt],
+      ['volume size', `${formatSize(r.volumeSize)} (${r.volumeSize} bytes), chunk ${formatSize(r.chunkSize)}`],
+      ['chunks', `${r.records} (${formatSize(r.dataBytes)})`],
+      ['image', `${formatSize(r.imageBytes)} (${r.imageBytes} bytes): the NBD export ${r.name}`],
+    ]);
+  addClientOptions(replica.command('create <SOURCE> <NAME>').description('make a compacted replica of SOURCE from a point-in-time view'))
+    .action((source: string, name: string, opts: ClientOptions) =>
+      runClientCommand<ReplicaInfo>(opts, 'replica.create', { source, name }, replicaBlock, { label: `replica ${name}`, quiet: opts.json }),
+    );
+  addClientOptions(replica.command('list').description('list replicas')).action((opts: ClientOptions) =>
+    runClientCommand<{ replicas: ReplicaInfo[] }>(opts, 'replica.list', {}, ({ replicas }) =>
+      replicas.length === 0
+        ? 'no replicas'
+        : table(
+            ['NAME', 'OF', 'VOLUME SIZE', 'CHUNKS', 'IMAGE', 'CREATED'],
+            replicas.map((r) => [r.name, r.origin.name, formatSize(r.volumeSize), r.records, formatSize(r.imageBytes), r.createdAt]),
+          ),
+    ),
+  );
+  addClientOptions(replica.command('info <NAME>').description('show one replica')).action((name: string, opts: ClientOptions) =>
+    runClientCommand<ReplicaInfo>(opts, 'replica.info', { name }, replicaBlock),
+  );
+  addClientOptions(replica.command('delete <NAME>').description('delete a replica'))
+    .option('--force', 'disconnect NBD clients of the replica first')
+    .action((name: string, opts: ClientOptions & { force?: boolean }) =>
+      runClientCommand(opts, 'replica.delete', { name, force: opts.force ?? false }, () => `deleted ${name}`),
+    );
+  addRestoreOptions(addClientOptions(replica.command('restore <NAME>').description('re-expand a replica into a thin volume'))).action(
+    (name: string, opts: RestoreCliOptions) =>
+      runClientCommand<RestoreResult>(opts, 'replica.restore', { name, ...restoreArgs(opts) }, restoreBlock, { label: `restore ${name}`, quiet: opts.json }),
+  );
+  program.addCommand(replica);
+}
