@@ -8,14 +8,12 @@ import type { Readable, Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { native } from '../native/index.js';
 import { MediaError, MediumFullError, errnoCode, isNoSpace, systemError } from './errors.js';
-import type { ListedFile, RecordMedium } from './types.js';
+import type { ListedFile, OpenMode, RecordMedium } from './types.js';
 
 const fstat = promisify(fs.fstat);
 const ftruncate = promisify(fs.ftruncate);
 const close = promisify(fs.close);
 const unlink = promisify(fs.unlink);
-
-export type OpenMode = 'read' | 'write';
 
 /**
  * A file opened for a medium. Writers hold an exclusive flock on it so that two backups cannot interleave their
@@ -223,15 +221,7 @@ export class PlainFileMedium implements RecordMedium {
   }
 
   async listFiles(headerBytes: number): Promise<ListedFile[]> {
-    const head = Buffer.alloc(headerBytes);
-    let got = 0;
-    while (got < headerBytes) {
-      const n = await this.readRecord(head.subarray(got));
-      if (n === 'end') break;
-      got += n;
-    }
-    const bytes = this.file.isRegular ? await this.file.size() : got + (await countRemaining(this));
-    return [{ fileNumber: 0, head: head.subarray(0, got), bytes, complete: true, problem: null }];
+    return listSingleStream(this, headerBytes, this.file.isRegular ? await this.file.size() : null);
   }
 }
 
@@ -337,28 +327,30 @@ export class PipeMedium implements RecordMedium {
   }
 
   async listFiles(headerBytes: number): Promise<ListedFile[]> {
-    const head = Buffer.alloc(headerBytes);
-    let got = 0;
-    while (got < headerBytes) {
-      const n = await this.readRecord(head.subarray(got));
-      if (n === 'end') break;
-      got += n;
-    }
-    // A pipe cannot be skipped over; reading it to the end is the only way to learn its length.
-    const bytes = got + (await countRemaining(this));
-    return [{ fileNumber: 0, head: head.subarray(0, got), bytes, complete: true, problem: null }];
+    return listSingleStream(this, headerBytes, null);
   }
 }
 
-/** Reads a one-stream medium to its end and returns how many bytes that was. */
-async function countRemaining(medium: RecordMedium): Promise<number> {
-  const buf = Buffer.allocUnsafe(medium.recordSize);
-  let total = 0;
-  for (;;) {
-    const n = await medium.readRecord(buf);
-    if (typeof n !== 'number') return total;
-    total += n;
+/**
+ * The listing of a one-stream medium: its head, and its length, given as `size` or, where there is nothing to
+ * ask (a pipe cannot be skipped over), counted by reading to the end.
+ */
+async function listSingleStream(medium: RecordMedium, headerBytes: number, size: number | null): Promise<ListedFile[]> {
+  const head = Buffer.alloc(headerBytes);
+  let got = 0;
+  let ended = false;
+  while (got < headerBytes && !ended) {
+    const n = await medium.readRecord(head.subarray(got));
+    if (typeof n === 'number') got += n;
+    else ended = true;
   }
+  let bytes = got;
+  if (size !== null) bytes = size;
+  else if (!ended) {
+    const buf = Buffer.allocUnsafe(medium.recordSize);
+    for (let n = await medium.readRecord(buf); typeof n === 'number'; n = await medium.readRecord(buf)) bytes += n;
+  }
+  return [{ fileNumber: 0, head: head.subarray(0, got), bytes, complete: true, problem: null }];
 }
 
 /** write(2) until all of `data` is out: FIFOs and character devices may take less than asked. */

@@ -7,6 +7,7 @@ export { MediaError, MediumFullError, TruncatedMediumError, CorruptMediumError }
 export type { MediaErrorCode, FileEnding } from './errors.js';
 export type {
   MediumKind,
+  OpenMode,
   RecordMedium,
   ByteSink,
   ByteSource,
@@ -15,6 +16,5 @@ export type {
   ListedFile,
 } from './types.js';
 export { PlainFileMedium, PipeMedium } from './file.js';
-export type { OpenMode } from './file.js';
 export { TapImage } from './tap.js';
 export { TapeDrive } from './tape.js';

@@ -5,11 +5,11 @@
  * stream's own header.
  */
 import { CorruptMediumError, MediaError, MediumFullError, TruncatedMediumError, type FileEnding } from './errors.js';
-import { PipeMedium, PlainFileMedium, type OpenMode } from './file.js';
+import { PipeMedium, PlainFileMedium } from './file.js';
 import { TapImage } from './tap.js';
 import { TapeDrive } from './tape.js';
 import { MAX_RECORD_SIZE, checkRecordSize, holdsSeveralFiles, type MediaTarget } from './target.js';
-import type { ListedFile, MediaStreamReader, MediaStreamWriter, RecordMedium } from './types.js';
+import type { ListedFile, MediaStreamReader, MediaStreamWriter, OpenMode, RecordMedium } from './types.js';
 
 /** Any open medium: the record interface plus the listing each kind does its own way. */
 export type Medium = RecordMedium & { listFiles(headerBytes: number): Promise<ListedFile[]> };
@@ -80,22 +80,27 @@ export async function openReadStream(target: MediaTarget, fileNumber?: number): 
     throw new MediaError('ENOENT', `'${target.spec}' holds one stream; there is no file #${wanted + 1}`);
   }
   const medium = await openMedium(target, 'read');
+  const noSuchFile = (cause?: unknown) => {
+    const held = medium.fileNumber;
+    return new MediaError('ENOENT', `there is no file #${wanted + 1} on ${medium.description}: it holds ${held} file${held === 1 ? '' : 's'}`, {
+      cause,
+    });
+  };
   try {
     if (holdsSeveralFiles(medium)) {
       await medium.rewind();
-      await medium.skipFiles(wanted);
-    }
-  } catch (err) {
-    await medium.close().catch(() => {});
-    if (err instanceof MediaError && err.code === 'ENOENT') {
-      const held = medium.fileNumber;
-      throw new MediaError('ENOENT', `there is no file #${wanted + 1} on ${medium.description}: it holds ${held} file${held === 1 ? '' : 's'}`, {
-        cause: err,
+      await medium.skipFiles(wanted).catch((err: unknown) => {
+        throw err instanceof MediaError && err.code === 'ENOENT' ? noSuchFile(err) : err;
       });
     }
+    const reader = new RecordStreamReader(medium, wanted);
+    // Spacing over the last filemark succeeds, and lands at the end of the data, not at a file.
+    if (holdsSeveralFiles(medium) && (await reader.isAtEndOfData())) throw noSuchFile();
+    return reader;
+  } catch (err) {
+    await medium.close().catch(() => {});
     throw err;
   }
-  return new RecordStreamReader(medium, wanted);
 }
 
 /**
@@ -294,6 +299,11 @@ class RecordStreamReader implements MediaStreamReader {
 
   async close(): Promise<void> {
     await this.medium.close();
+  }
+
+  /** Loads the first record: true when the recorded data ends before this file begins. */
+  async isAtEndOfData(): Promise<boolean> {
+    return this.delivered === 0 && this.start === this.end && !(await this.nextRecord()) && this.ending?.endedBy === 'end-of-medium';
   }
 
   /** Copies up to `count` bytes of the current record into `out` at `at`; returns how many. */

@@ -13,9 +13,9 @@
  */
 import { native } from '../native/index.js';
 import { CorruptMediumError, MediaError, MediumFullError, isNoSpace, systemError } from './errors.js';
-import { LocalFile, type OpenMode } from './file.js';
+import { LocalFile } from './file.js';
 import { MAX_RECORD_SIZE, type TapTarget } from './target.js';
-import type { ListedFile, RecordMedium } from './types.js';
+import type { ListedFile, OpenMode, RecordMedium } from './types.js';
 
 /** SIMH metadata markers */
 export const TAPE_MARK = 0x00000000;
@@ -413,7 +413,7 @@ export class TapImage implements RecordMedium {
     if (trailer !== word) {
       const error = this.corrupt(
         offset,
-        'torn record',
+        'corrupt record',
         `its trailing length word ${hex(trailer)} (at byte ${next - WORD}) does not match the leading one ${hex(word)}`,
       );
       return { kind: 'corrupt', offset, error, tail: next >= this.size };

@@ -8,9 +8,8 @@ import fs from 'node:fs';
 import { promisify } from 'node:util';
 import { native } from '../native/index.js';
 import { MediaError, MediumFullError, errnoCode, errnoText, systemError } from './errors.js';
-import type { OpenMode } from './file.js';
 import { MAX_RECORD_SIZE } from './target.js';
-import type { ListedFile, RecordMedium } from './types.js';
+import type { ListedFile, OpenMode, RecordMedium } from './types.js';
 
 const close = promisify(fs.close);
 
@@ -224,7 +223,8 @@ export class TapeDrive implements RecordMedium {
       let headLength = 0;
       let bytes = 0;
       let ending: 'filemark' | 'end' | null = null;
-      while (ending === null && headLength < headerBytes) {
+      // At least one read per file, even for an empty head: it tells a file from the end of the data.
+      do {
         const n = await this.readRecord(record);
         if (typeof n !== 'number') {
           ending = n;
@@ -234,7 +234,7 @@ export class TapeDrive implements RecordMedium {
         head.push(part);
         headLength += part.length;
         bytes += n;
-      }
+      } while (headLength < headerBytes);
       if (ending === 'end' && bytes === 0) return files;
       const entry: ListedFile = {
         fileNumber: files.length,

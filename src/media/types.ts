@@ -6,6 +6,9 @@
 
 export type MediumKind = 'file' | 'pipe' | 'tap' | 'tape';
 
+/** How a medium is opened: 'write' positions for a new stream and may create an image or file. */
+export type OpenMode = 'read' | 'write';
+
 /**
  * One open medium, record by record (DESIGN.md: "write record, write filemark, rewind, space, read record,
  * capacity warning"). Calls must not overlap: await each before the next. Operations a kind cannot do (a pipe
