@@ -60,12 +60,15 @@ export async function backupFull(
   const viewName = `.backup-${randomUUID().slice(0, 8)}`;
   const started = Date.now();
   let viewMade = false;
+  let closed = -1;
+  let rebased = false;
   try {
     const view = await pool.cloneVolume(volumeName, viewName, {
       flags: VolumeFlag.HIDDEN | VolumeFlag.READ_ONLY,
       advanceSourceGeneration: true,
     });
     viewMade = true;
+    closed = view.closedGeneration;
     const source = VolumeChunkSource.allMapped(pool.volume(viewName)!, pool.chunkSize, () => 0);
     opts.log.info({ volume: volumeName, target: target.spec, records: source.entries.length, closedGeneration: view.closedGeneration }, 'full backup started');
     const written = await writeStream({
@@ -86,6 +89,7 @@ export async function backupFull(
     });
     const { fileNumber } = await writer.finish();
     const { current } = await pool.rebaseGenerations(volumeName, view.closedGeneration);
+    rebased = true;
     const result: FullBackupResult = {
       volume: volumeName,
       target: target.spec,
@@ -103,6 +107,7 @@ export async function backupFull(
     return result;
   } catch (err) {
     await writer.abort().catch(() => {});
+    if (closed >= 0 && !rebased) await pool.foldGeneration(volumeName, closed).catch(() => {});
     opts.log.error({ volume: volumeName, target: target.spec, err: (err as Error).message }, 'full backup failed; the generation map is unchanged');
     throw err;
   } finally {

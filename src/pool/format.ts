@@ -46,6 +46,7 @@ export const RecordType = {
   VOLUME_RENAME: 12,
   VOLUME_REPLACE: 13,
   VOLUME_ORIGIN: 14,
+  GEN_FOLD: 15,
 } as const;
 export type RecordTypeCode = (typeof RecordType)[keyof typeof RecordType];
 

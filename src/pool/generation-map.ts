@@ -131,6 +131,21 @@ export class GenerationMap {
     return out;
   }
 
+  /**
+   * Undoes an advance whose backup failed: chunks marked with the current generation go back to `into` (= current
+   * − 1), which becomes current again, so the next backup still sees them as changed since the last good one.
+   */
+  fold(into: number): void {
+    const from = this.current;
+    if (from !== into + 1) return;
+    const moved: number[] = [];
+    this.table.forEachNonZero(0, this.chunks, (c, g) => {
+      if (g === from) moved.push(c);
+    });
+    for (const c of moved) this.set(c, into);
+    this.current = into;
+  }
+
   get memoryBytes(): number {
     return this.table.memoryBytes + this.counts.size * 32;
   }

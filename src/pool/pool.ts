@@ -32,6 +32,7 @@ import { JournalWriter, createJournalFile } from './journal.js';
 import { PoolLock } from './lock.js';
 import { PoolMetadata } from './metadata.js';
 import {
+  appendGenFold,
   appendGenRebase,
   appendGenSet,
   appendVolumeClone,
@@ -536,12 +537,40 @@ export class Pool {
         const st = volume.state;
         const recordSeq = appendGenRebase(this.journal, st.id, base, st.gens.current);
         st.gens.rebase(base);
-        st.pendingMarks.clear();
+        this.markPendingUntil(st, recordSeq);
         return recordSeq;
       });
       await this.journal.waitDurable(seq);
       return { current: volume.state.gens.current };
     });
+  }
+
+  /**
+   * A backup whose view closed generation `closed` failed: the generation started at the view is folded back into
+   * it (its chunks count as changed in `closed`), so nothing changed since the last good backup is forgotten.
+   */
+  foldGeneration(name: string, closed: number): Promise<{ current: number }> {
+    return this.serialized(async () => {
+      const volume = this.requireVolume(name);
+      const seq = await volume.quiesce(() => {
+        const st = volume.state;
+        if (st.gens.current !== closed + 1) return 0;
+        const recordSeq = appendGenFold(this.journal, st.id, closed);
+        st.gens.fold(closed);
+        this.markPendingUntil(st, recordSeq);
+        return recordSeq;
+      });
+      if (seq > 0) await this.journal.waitDurable(seq);
+      return { current: volume.state.gens.current };
+    });
+  }
+
+  /**
+   * A renumbering record changed generation entries in memory: a chunk whose MARK may not be durable yet now also
+   * depends on that record (a write into it must not reach the disk before its new entry is durable, W3).
+   */
+  private markPendingUntil(st: VolumeState, seq: number): void {
+    for (const c of st.pendingMarks.keys()) st.pendingMarks.set(c, seq);
   }
 
   /** Progress of the background copies (`volume copy`), running or finished in this run. */

@@ -129,6 +129,14 @@ export function appendGenRebase(j: JournalWriter, vol: number, base: number, exp
   return j.end();
 }
 
+/** GEN_FOLD: applies only while the current generation is `into` + 1 (idempotent replay) */
+export function appendGenFold(j: JournalWriter, vol: number, into: number): number {
+  const o = j.begin(RecordType.GEN_FOLD, 8);
+  j.staging.writeUInt32LE(vol, o);
+  j.staging.writeUInt32LE(into, o + 4);
+  return j.end();
+}
+
 export function appendVolumeRename(j: JournalWriter, vol: number, name: string): number {
   const bytes = Buffer.from(name, 'utf8');
   const o = j.begin(RecordType.VOLUME_RENAME, 5 + bytes.length);
@@ -255,6 +263,10 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       if (v.gens.current === buf.readUInt32LE(o + 8)) v.gens.rebase(buf.readUInt32LE(o + 4));
       break;
     }
+    case RecordType.GEN_FOLD:
+      need(8);
+      volume(buf.readUInt32LE(o)).gens.fold(buf.readUInt32LE(o + 4));
+      break;
     case RecordType.VOLUME_RENAME: {
       need(5);
       const v = volume(buf.readUInt32LE(o));
