@@ -9,12 +9,11 @@
  * list). Without them the tests skip locally with a message, and fail when CI=true.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startDaemon, cliJson, childExit, tempDir, tool, IN_CI, SHARED, missingVmPrerequisites, type Daemon } from './helpers/daemon.js';
+import { startDaemon, cliJson, tempDir, tool, IN_CI, missingVmPrerequisites, type Daemon } from './helpers/daemon.js';
+import { NBD_VM, assertPass, nbdVmTest } from './helpers/nbd-vm.js';
 
-const NBD_VM = process.env.NBDVM_TEST ?? path.join(SHARED, 'tools/nbd-vm/nbd-vm-test');
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const CHUNK = 64 * KiB;
@@ -27,37 +26,6 @@ if (skipLocally) {
 }
 const vmIt = skipLocally ? it.skip : it;
 
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
-/** runs nbd-vm-test; on timeout TERM (its trap stops qemu and the relays by PID), then KILL */
-async function nbdVmTest(args: string[], timeoutMs: number): Promise<RunResult> {
-  const t0 = Date.now();
-  const child = spawn(NBD_VM, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout = (stdout + d).slice(-400_000)));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-100_000)));
-  const exited = childExit(child);
-  const term = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-  const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 15_000);
-  const { code, signal } = await exited;
-  clearTimeout(term);
-  clearTimeout(kill);
-  return { code, signal, stdout, stderr, ms: Date.now() - t0 };
-}
-
-function assertPass(r: RunResult, what: string): void {
-  const tail = `\n--- stdout (tail) ---\n${r.stdout.slice(-6000)}\n--- stderr ---\n${r.stderr.slice(-3000)}`;
-  expect(r.code, `${what}: exit ${r.code ?? r.signal}${tail}`).toBe(0);
-  expect(r.stdout, `${what}: no PASS marker${tail}`).toMatch(/NBDVM RESULT PASS \[token=[0-9a-f]+\]/);
-  expect(r.stderr, `${what}${tail}`).toMatch(/nbd-vm-test: PASS/);
-}
 
 interface MapEntry {
   offset: number;
