@@ -1,6 +1,6 @@
 /**
  * The example scripts in examples/ run as a user would run them, so they cannot rot: quickstart.sh and
- * generations.sh always; nbdfuse-mount.sh where it can run (root, /dev/fuse, loop devices, nbdfuse).
+ * generations.sh and backup-restore.sh always; nbdfuse-mount.sh where it can run (root, /dev/fuse, loop devices, nbdfuse).
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import { execFile, execFileSync } from 'node:child_process';
@@ -70,6 +70,18 @@ describe('examples/', () => {
       fs.rmSync(work, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('backup-restore.sh: snapshot, two backups on one tape image, media list, restores equal to their points', async () => {
+    const work = tempDir('tv-example-backup-');
+    try {
+      const r = await runExample('backup-restore.sh', [work]);
+      expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/1\s+full\s+db .* complete\n2\s+full\s+db .* complete/);
+      expect(r.stdout.match(/Images are identical\./g)).toHaveLength(2);
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+    }
+  });
 
   it('generations.sh: changed ranges per generation after advance-generation', async () => {
     const work = tempDir('tv-example-gen-');
