@@ -213,3 +213,35 @@ test('fallocate ENOSPC: writes needing space fail with ENOSPC, and succeed once 
   await vol.write(0, Buffer.alloc(512, 4), false);
   expect((await readAll(vol, 0, 512)).every((b) => b === 4)).toBe(true);
 });
+
+test('COPY: a partial write into a chunk shared with a snapshot copies it, and the journal write holding the new mapping comes after a data fdatasync that followed the copy', async () => {
+  const { pool, vol } = await setup();
+  const { VolumeFlag } = await import('../src/pool/index.js');
+  await vol.write(0, pattern(4 * CS, 1), false);
+  await pool.cloneVolume('v', 'snap', { flags: VolumeFlag.SNAPSHOT | VolumeFlag.READ_ONLY });
+  await pool.flush();
+  const dataFd = internals(pool).data.fd;
+  const jfd = () => (internals(pool).journal as unknown as { fd: number }).fd;
+  const events: string[] = [];
+  const oldP = physical(pool, 'v', 1);
+  h.hook = (c) => {
+    if (c.op === 'pwrite' && c.fd === dataFd && c.len === CS) events.push(c.pos === oldP * CS ? 'write-old' : 'copy-or-data');
+    else if (c.op === 'fdatasync' && c.fd === dataFd) events.push('data-sync');
+    else if (c.op === 'pwrite' && c.fd === jfd()) events.push('journal-write');
+  };
+  await vol.write(CS + 100, Buffer.alloc(200, 9), false); // chunk 1, partially
+  await pool.flush();
+  h.hook = null;
+  expect(events).not.toContain('write-old'); // the shared chunk is never written in place
+  const copyAt = events.indexOf('copy-or-data');
+  const journalAt = events.indexOf('journal-write', copyAt);
+  expect(copyAt).toBeGreaterThanOrEqual(0);
+  expect(journalAt).toBeGreaterThan(copyAt);
+  expect(events.slice(copyAt, journalAt)).toContain('data-sync');
+  expect(physical(pool, 'v', 1)).not.toBe(oldP);
+  expect(physical(pool, 'snap', 1)).toBe(oldP);
+  const expected = pattern(4 * CS, 1);
+  expect((await readAll(pool.volume('snap')!, 0, 4 * CS)).equals(expected)).toBe(true);
+  Buffer.alloc(200, 9).copy(expected, CS + 100);
+  expect((await readAll(vol, 0, 4 * CS)).equals(expected)).toBe(true);
+});

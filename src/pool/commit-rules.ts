@@ -31,6 +31,14 @@
  *      free space while holding one (allocation is reserved before), so FREE cannot deadlock with a writer.
  * DURABILITY — FUA and FLUSH: an fdatasync of the data file started after the write(s) completed, together with
  *      the commit of every journal record queued so far (covers MAPs of W1 writes).
+ * SHARE — a chunk held by more than one mapping page (snapshots, copies; docs/pool-format.md "Shared pages") is
+ *      never written in place. A write covering the whole chunk is redirected to a clean chunk exactly like W1 (the
+ *      MAP carries G, the shared chunk loses one reference). A partial write first copies the chunk (COPY).
+ * COPY — copying a shared chunk c: read it, write the copy to a clean chunk p, then queue MAP(c, p, gen[c]) with
+ *      `afterDataSync`: the commit that makes it durable first runs an fdatasync of the data file, which started
+ *      after the copy was written. So a durable MAP never points at a half-copied chunk; before it is durable, a
+ *      crash leaves c on the shared chunk, same content. The request that needed the copy then proceeds as W2/W3
+ *      (a W3 MARK wait includes that data sync). Writes to c wait for a copy of c in progress.
  * RESIZE — growing makes the bytes past the old end of a partial last chunk read as zeros (zero-write, data
  *      fdatasync) before the new size is journaled; shrinking journals the new size first.
  */

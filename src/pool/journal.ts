@@ -52,6 +52,13 @@ export class JournalWriter {
   onDurable: (() => void) | null = null;
   /** called once when a commit fails (the pool stops accepting metadata changes) */
   onFailure: ((err: PoolError) => void) | null = null;
+  /**
+   * makes every data write completed before the call durable; run before a commit that carries a record queued
+   * with `afterDataSync` (COPY rule in commit-rules.ts)
+   */
+  dataSync: (() => Promise<void>) | null = null;
+  /** the highest seq of a record that may only become durable after the data it points at */
+  private dataBarrierSeq = 0;
 
   private file: JournalFile;
   private buf: Buffer = Buffer.allocUnsafe(STAGING_SIZE);
@@ -121,6 +128,14 @@ export class JournalWriter {
     return this.lastSeq;
   }
 
+  /**
+   * Record `seq` (just queued) points at data written before it was queued: the commit that makes it durable first
+   * syncs the data file (an fdatasync that starts after the record was queued, hence after that data was written).
+   */
+  afterDataSync(seq: number): void {
+    if (seq > this.dataBarrierSeq) this.dataBarrierSeq = seq;
+  }
+
   /** resolves when every record with seq <= `seq` is durable */
   waitDurable(seq: number): Promise<void> {
     if (seq <= this.durableSeq) return RESOLVED;
@@ -185,6 +200,7 @@ export class JournalWriter {
         } else {
           break;
         }
+        if (this.dataBarrierSeq > this.durableSeq && this.dataSync !== null) await this.dataSync();
         await native.pwrite(batch.file.fd, batch.buf.subarray(0, batch.len), batch.file.offset);
         batch.file.offset += batch.len;
         await native.fdatasync(batch.file.fd);

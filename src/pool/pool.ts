@@ -207,6 +207,7 @@ export class Pool {
       dropped: (value) => this.dropped.push(value - 1),
     };
     journal.onDurable = () => this.afterCommit();
+    journal.dataSync = () => data.sync();
     journal.onFailure = (err) => {
       this.failure = err;
       this.log.error({ err: err.message }, 'journal failure: the pool refuses further requests until it is reopened');

@@ -549,9 +549,10 @@ export class Volume {
   }
 
   /**
-   * Copies each shared chunk in `chunks` (ascending) to a clean chunk: read, write, fdatasync, and only then the
-   * new mapping (a MAP record with the chunk's unchanged generation) and the release of the shared chunk. The
-   * copy is durable before its mapping can be, so a crash never leaves a mapping to a half-copied chunk.
+   * Copies each shared chunk in `chunks` (ascending) to a clean chunk: read, write, then the new mapping (a MAP
+   * record with the chunk's unchanged generation, committed only after a data sync: COPY rule in commit-rules.ts)
+   * and the release of the shared chunk. A crash never leaves a durable mapping to a half-copied chunk; before the
+   * mapping is durable the volume still maps the shared chunk, whose content is the same.
    * Used before partial writes, by on-demand copying and by the background copy of `volume copy`.
    * @internal
    */
@@ -594,7 +595,6 @@ export class Volume {
       await settleAll(
         mine.map((_c, i) => (news[i] < 0 ? Promise.resolve() : native.pwrite(fd, buf.subarray(i * cs, (i + 1) * cs), news[i] * cs).then(ctx.data.written))),
       );
-      await ctx.data.sync();
       let copied = 0;
       for (let i = 0; i < mine.length; i++) {
         const c = mine[i];
@@ -608,6 +608,8 @@ export class Volume {
         const g = st.gens.get(c);
         st.map.set(c, p + 1);
         const seq = appendMap(ctx.journal, st.id, c, p, 1, g);
+        // COPY rule: the new mapping becomes durable only after the copied data (the commit syncs the data first)
+        ctx.journal.afterDataSync(seq);
         ctx.alloc.release(olds[i], seq);
         copied++;
       }
