@@ -268,3 +268,40 @@ describe('volume copy (seed 000 pseudo-copy)', () => {
     expect(pool.check().problems).toEqual([]);
   });
 });
+
+describe('backup views and the generation map', () => {
+  test('finished: the map restarts at the view; abandoned or cut by a crash: the generation folds back, the view goes', async () => {
+    const { dir, pool: first } = await newPool('bview', { chunkSize: CS });
+    cleanups.push(() => rmDir(path.dirname(dir)));
+    let pool = first;
+    cleanups.push(() => pool.close().catch(() => {}));
+    await pool.createVolume('v', 16 * CS);
+    const v = () => pool.volume('v')!;
+    await v().write(0, pattern(2 * CS, 1), false); // chunks 0,1 in generation 1
+    const flags = VolumeFlag.HIDDEN | VolumeFlag.READ_ONLY | VolumeFlag.BACKUP_VIEW;
+    // abandoned: generation 2 (started at the view) folds back into 1
+    await pool.cloneVolume('v', '.view1', { flags, advanceSourceGeneration: true });
+    await v().write(5 * CS, pattern(CS, 2), false); // chunk 5 in generation 2
+    await pool.abandonBackupView('v', '.view1');
+    expect(v().generations()).toEqual({ current: 1, counts: [{ generation: 0, chunks: 13 }, { generation: 1, chunks: 3 }] });
+    expect(pool.volume('.view1')).toBeUndefined();
+    // finished: chunks before the view become 0, the one written after it is generation 1
+    await pool.cloneVolume('v', '.view2', { flags, advanceSourceGeneration: true });
+    await v().write(7 * CS, pattern(CS, 3), false);
+    await pool.finishBackupView('v', '.view2');
+    expect(v().generations()).toEqual({ current: 1, counts: [{ generation: 0, chunks: 15 }, { generation: 1, chunks: 1 }] });
+    expect(v().chunkGeneration(7)).toBe(1);
+    // a crash while a view exists: the next open folds its generation back and removes it
+    await pool.cloneVolume('v', '.view3', { flags, advanceSourceGeneration: true });
+    await v().write(9 * CS, pattern(CS, 4), false);
+    await pool.flush();
+    const image = await crashImage(dir, 'bviewcrash', pool);
+    await pool.close();
+    pool = await Pool.open(image);
+    cleanups.push(() => rmDir(path.dirname(image)));
+    expect(pool.listVolumes({ includeHidden: true }).map((x) => x.name)).toEqual(['v']);
+    expect(v().generations()).toEqual({ current: 1, counts: [{ generation: 0, chunks: 14 }, { generation: 1, chunks: 2 }] });
+    expect(v().chunkGeneration(9)).toBe(1);
+    expect(pool.check().problems).toEqual([]);
+  });
+});

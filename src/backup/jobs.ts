@@ -60,15 +60,12 @@ export async function backupFull(
   const viewName = `.backup-${randomUUID().slice(0, 8)}`;
   const started = Date.now();
   let viewMade = false;
-  let closed = -1;
-  let rebased = false;
   try {
     const view = await pool.cloneVolume(volumeName, viewName, {
-      flags: VolumeFlag.HIDDEN | VolumeFlag.READ_ONLY,
+      flags: VolumeFlag.HIDDEN | VolumeFlag.READ_ONLY | VolumeFlag.BACKUP_VIEW,
       advanceSourceGeneration: true,
     });
     viewMade = true;
-    closed = view.closedGeneration;
     const source = VolumeChunkSource.allMapped(pool.volume(viewName)!, pool.chunkSize, () => 0);
     opts.log.info({ volume: volumeName, target: target.spec, records: source.entries.length, closedGeneration: view.closedGeneration }, 'full backup started');
     const written = await writeStream({
@@ -88,8 +85,9 @@ export async function backupFull(
       onProgress: opts.progress,
     });
     const { fileNumber } = await writer.finish();
-    const { current } = await pool.rebaseGenerations(volumeName, view.closedGeneration);
-    rebased = true;
+    // the stream is complete and synced: the map restarts at the view, and the view goes, in one record
+    const { current } = await pool.finishBackupView(volumeName, viewName);
+    viewMade = false;
     const result: FullBackupResult = {
       volume: volumeName,
       target: target.spec,
@@ -107,7 +105,10 @@ export async function backupFull(
     return result;
   } catch (err) {
     await writer.abort().catch(() => {});
-    if (closed >= 0 && !rebased) await pool.foldGeneration(volumeName, closed).catch(() => {});
+    if (viewMade) {
+      await pool.abandonBackupView(volumeName, viewName).catch(() => {});
+      viewMade = false;
+    }
     opts.log.error({ volume: volumeName, target: target.spec, err: (err as Error).message }, 'full backup failed; the generation map is unchanged');
     throw err;
   } finally {

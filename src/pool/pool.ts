@@ -528,42 +528,51 @@ export class Pool {
   }
 
   /**
-   * After a full backup of the view that closed generation `base` (cloneVolume with advanceSourceGeneration):
-   * chunks unchanged since then become generation 0, later changes are renumbered from 1 (seed 002).
+   * A full backup of `viewName` (a BACKUP_VIEW of `name`, made with advanceSourceGeneration) is on its medium: in one
+   * record, chunks unchanged since the view become generation 0, later changes are renumbered from 1 (seed 002),
+   * and the view is removed.
    */
-  rebaseGenerations(name: string, base: number): Promise<{ current: number }> {
+  finishBackupView(name: string, viewName: string): Promise<{ current: number }> {
+    return this.endBackupView(name, viewName, true);
+  }
+
+  /**
+   * A backup from `viewName` failed: in one record, the generation started at the view is folded back into the one
+   * it closed (nothing changed since the last good backup is forgotten) and the view is removed.
+   */
+  abandonBackupView(name: string, viewName: string): Promise<{ current: number }> {
+    return this.endBackupView(name, viewName, false);
+  }
+
+  private endBackupView(name: string, viewName: string, done: boolean): Promise<{ current: number }> {
     return this.serialized(async () => {
       const volume = this.requireVolume(name);
-      const seq = await volume.quiesce(() => {
-        const st = volume.state;
-        const recordSeq = appendGenRebase(this.journal, st.id, base, st.gens.current);
-        st.gens.rebase(base);
-        this.markPendingUntil(st, recordSeq);
-        return recordSeq;
-      });
+      const view = this.requireVolume(viewName);
+      if (!view.state.has(VolumeFlag.BACKUP_VIEW) || view.state.source?.uuid !== volume.uuid) {
+        throw new PoolError('EINVAL', `'${viewName}' is not a backup view of '${name}'`);
+      }
+      const seq = await volume.quiesce(() => this.endBackupViewNow(volume.state, view.state, done));
       await this.journal.waitDurable(seq);
       return { current: volume.state.gens.current };
     });
   }
 
-  /**
-   * A backup whose view closed generation `closed` failed: the generation started at the view is folded back into
-   * it (its chunks count as changed in `closed`), so nothing changed since the last good backup is forgotten.
-   */
-  foldGeneration(name: string, closed: number): Promise<{ current: number }> {
-    return this.serialized(async () => {
-      const volume = this.requireVolume(name);
-      const seq = await volume.quiesce(() => {
-        const st = volume.state;
-        if (st.gens.current !== closed + 1) return 0;
-        const recordSeq = appendGenFold(this.journal, st.id, closed);
-        st.gens.fold(closed);
-        this.markPendingUntil(st, recordSeq);
-        return recordSeq;
-      });
-      if (seq > 0) await this.journal.waitDurable(seq);
-      return { current: volume.state.gens.current };
-    });
+  /** the synchronous step of endBackupView (also used at open for views a crash left behind) */
+  private endBackupViewNow(st: VolumeState, view: VolumeState, done: boolean): number {
+    const closed = view.gens.current;
+    let seq: number;
+    if (done) {
+      seq = appendGenRebase(this.journal, st.id, closed, st.gens.current, view.id);
+      st.gens.rebase(closed);
+    } else {
+      seq = appendGenFold(this.journal, st.id, closed, view.id);
+      st.gens.fold(closed);
+    }
+    this.markPendingUntil(st, seq);
+    this.meta.removeVolume(view);
+    this.volumes.delete(view.id);
+    this.releaseDropped(seq);
+    return seq;
   }
 
   /**
@@ -633,6 +642,14 @@ export class Pool {
 
   /** Work left by an interrupted run: unfinished internal volumes are deleted, background copies resumed. */
   private async resumeAfterOpen(): Promise<void> {
+    for (const view of [...this.meta.volumes.values()]) {
+      const source = view.has(VolumeFlag.BACKUP_VIEW) ? [...this.meta.volumes.values()].find((v) => v.uuid === view.source?.uuid) : undefined;
+      if (source) {
+        // a backup interrupted before it finished: its source goes back to the generation the view closed
+        this.log.warn({ volume: source.name, view: view.name }, 'a full backup was interrupted; its generation is folded back');
+        await this.serialized(() => this.journal.waitDurable(this.endBackupViewNow(source, view, false)));
+      }
+    }
     for (const st of [...this.meta.volumes.values()]) {
       if (st.has(VolumeFlag.INCOMPLETE) || st.has(VolumeFlag.HIDDEN) || st.name.startsWith('.')) {
         this.log.warn({ volume: st.name, flags: st.flags }, 'removing an internal volume left by an interrupted operation');

@@ -120,20 +120,29 @@ export function appendVolumeFlags(j: JournalWriter, vol: number, flags: number):
   return j.end();
 }
 
-/** GEN_REBASE: applies only while the volume's current generation is `expectCurrent` (idempotent replay) */
-export function appendGenRebase(j: JournalWriter, vol: number, base: number, expectCurrent: number): number {
-  const o = j.begin(RecordType.GEN_REBASE, 12);
+/**
+ * GEN_REBASE: applies only while the volume's current generation is `expectCurrent` (idempotent replay); then
+ * removes volume `view` (the backup's point-in-time view, 0 = none) in the same record, so that "backup done" and
+ * "view gone" are durable together.
+ */
+export function appendGenRebase(j: JournalWriter, vol: number, base: number, expectCurrent: number, view = 0): number {
+  const o = j.begin(RecordType.GEN_REBASE, 16);
   j.staging.writeUInt32LE(vol, o);
   j.staging.writeUInt32LE(base, o + 4);
   j.staging.writeUInt32LE(expectCurrent, o + 8);
+  j.staging.writeUInt32LE(view, o + 12);
   return j.end();
 }
 
-/** GEN_FOLD: applies only while the current generation is `into` + 1 (idempotent replay) */
-export function appendGenFold(j: JournalWriter, vol: number, into: number): number {
-  const o = j.begin(RecordType.GEN_FOLD, 8);
+/**
+ * GEN_FOLD: applies only while the current generation is `into` + 1 (idempotent replay); removes volume `view`
+ * (0 = none) in the same record: a failed backup's view goes together with the generation it started.
+ */
+export function appendGenFold(j: JournalWriter, vol: number, into: number, view = 0): number {
+  const o = j.begin(RecordType.GEN_FOLD, 12);
   j.staging.writeUInt32LE(vol, o);
   j.staging.writeUInt32LE(into, o + 4);
+  j.staging.writeUInt32LE(view, o + 8);
   return j.end();
 }
 
@@ -258,15 +267,20 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       volume(buf.readUInt32LE(o)).flags = buf.readUInt32LE(o + 4);
       break;
     case RecordType.GEN_REBASE: {
-      need(12);
+      need(16);
       const v = volume(buf.readUInt32LE(o));
       if (v.gens.current === buf.readUInt32LE(o + 8)) v.gens.rebase(buf.readUInt32LE(o + 4));
+      const view = buf.readUInt32LE(o + 12);
+      if (view !== 0 && meta.volumes.has(view)) meta.removeVolume(meta.volumes.get(view)!);
       break;
     }
-    case RecordType.GEN_FOLD:
-      need(8);
+    case RecordType.GEN_FOLD: {
+      need(12);
       volume(buf.readUInt32LE(o)).gens.fold(buf.readUInt32LE(o + 4));
+      const view = buf.readUInt32LE(o + 8);
+      if (view !== 0 && meta.volumes.has(view)) meta.removeVolume(meta.volumes.get(view)!);
       break;
+    }
     case RecordType.VOLUME_RENAME: {
       need(5);
       const v = volume(buf.readUInt32LE(o));

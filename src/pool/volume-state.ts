@@ -20,6 +20,11 @@ export const VolumeFlag = {
   REPLICA: 16,
   /** being built; a volume still carrying this flag at open was interrupted by a crash and is deleted */
   INCOMPLETE: 32,
+  /**
+   * a backup's point-in-time view (HIDDEN too); its current generation is the one the view closed on its source.
+   * It disappears in the same record that finishes the backup (GEN_REBASE) or undoes its generation (GEN_FOLD).
+   */
+  BACKUP_VIEW: 64,
 } as const;
 
 /** the volume a snapshot/copy was made from (seed 003: kept hidden, carried by every backup made of the copy) */
