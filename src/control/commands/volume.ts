@@ -1,11 +1,12 @@
 import { z } from 'zod';
 import { ControlError } from '../protocol.js';
+import { deleteReplica } from '../../backup/replica.js';
 import type { Volume } from '../../pool/index.js';
 import { defineCommand, sizeArg, noArgs, volumeNameArg, type DaemonContext } from '../command.js';
 
 function requireVolume(ctx: DaemonContext, name: string) {
   const volume = ctx.pool.volume(name);
-  if (!volume) throw new ControlError('ENOENT', `no volume named '${name}'`);
+  if (!volume || volume.info().kind === 'internal') throw new ControlError('ENOENT', `no volume named '${name}'`);
   return volume;
 }
 
@@ -60,7 +61,9 @@ export const volumeCommands = [
         }
         await ctx.disconnectExport(name);
       }
-      await ctx.pool.deleteVolume(name);
+      // a replica's image metadata goes with it
+      if (ctx.pool.volume(name)!.info().kind === 'replica') await deleteReplica(ctx.pool, name);
+      else await ctx.pool.deleteVolume(name);
       ctx.log.info({ volume: name }, 'volume deleted');
       return { deleted: name };
     },
