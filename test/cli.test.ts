@@ -47,7 +47,7 @@ describe('CLI and control socket', () => {
     expect(info.uuid).toMatch(/^[0-9a-f-]{36}$/);
 
     const list = await d.cli(['volume', 'list']);
-    expect(list.stdout).toMatch(/alpha\s+64 MiB/);
+    expect(list.stdout).toMatch(/alpha\s+volume\s+64 MiB/);
 
     const resized = await d.cli(['volume', 'resize', 'alpha', '--size', '1G', '--json']);
     expect(JSON.parse(resized.stdout).size).toBe(1024 ** 3);
