@@ -19,6 +19,7 @@ import {
   type StreamLayout,
 } from './stream-format.js';
 import { writeStream } from './stream-writer.js';
+import { writeFileAtomic } from '../util/durable-file.js';
 import { VolumeChunkSource } from './volume-io.js';
 import type { Progress } from './jobs.js';
 
@@ -52,25 +53,6 @@ function decodeMeta(buf: Buffer, file: string): { header: StreamHeader; crcs: Ui
 
 function metaPath(pool: Pool, uuid: string): string {
   return path.join(pool.dir, REPLICA_DIR, `${uuid}.meta`);
-}
-
-function writeFileDurably(file: string, data: Buffer): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o600);
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  const dfd = fs.openSync(path.dirname(file), 'r');
-  try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
-  }
 }
 
 /** counts bytes, keeps nothing: the creation pass only needs the CRCs */
@@ -127,7 +109,9 @@ export async function createReplica(pool: Pool, sourceName: string, name: string
       onProgress: opts.progress,
     });
     const header = encodeStreamMetadata(written.header, source.entries, written.crcs).header;
-    writeFileDurably(metaPath(pool, replica.uuid), encodeMeta(header, written.crcs));
+    const file = metaPath(pool, replica.uuid);
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    writeFileAtomic(file, encodeMeta(header, written.crcs), 0o600);
     await pool.setVolumeFlags(name, VolumeFlag.REPLICA | VolumeFlag.READ_ONLY);
     const info = replicaInfo(pool, name);
     opts.log.info({ ...info, source: sourceName }, 'replica created');

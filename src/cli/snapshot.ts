@@ -2,7 +2,7 @@ import { Command } from 'commander';
 import { addClientOptions, runClientCommand, type ClientOptions } from './client.js';
 import { keyValues, table } from './output.js';
 import { formatSize } from '../util/size.js';
-import type { VolumeIdentity, VolumeInfo } from '../pool/index.js';
+import type { CopyProgress, VolumeIdentity, VolumeInfo } from '../pool/index.js';
 
 type SnapshotInfo = VolumeInfo & { openConnections?: number; source?: VolumeIdentity | null; origin?: VolumeIdentity | null; createMs?: number };
 
@@ -61,15 +61,6 @@ export function snapshotCommand(): Command {
   return snapshot;
 }
 
-interface CopyProgressRow {
-  volume: string;
-  doneChunks: number;
-  totalChunks: number;
-  copiedChunks: number;
-  finished: boolean;
-  error?: string;
-}
-
 /** `volume copy` and `volume copy-status`, added to the volume group */
 export function addVolumeCopyCommands(volume: Command): void {
   addClientOptions(volume.command('copy <SOURCE> <NAME>').description('full copy, usable at once, copied in the background'))
@@ -89,7 +80,7 @@ export function addVolumeCopyCommands(volume: Command): void {
 
   addClientOptions(volume.command('copy-status [NAME]').description('progress of background copies')).action(
     (name: string | undefined, opts: ClientOptions) =>
-      runClientCommand<{ copies: CopyProgressRow[] }>(opts, 'volume.copy-status', name ? { name } : {}, ({ copies }) =>
+      runClientCommand<{ copies: CopyProgress[] }>(opts, 'volume.copy-status', name ? { name } : {}, ({ copies }) =>
         copies.length === 0
           ? 'no background copies in this run'
           : table(

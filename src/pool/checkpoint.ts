@@ -24,7 +24,7 @@ import {
 import { PoolMetadata } from './metadata.js';
 import type { Page, PagedTable } from './paged-table.js';
 import type { VolumeIdentity, VolumeState } from './volume-state.js';
-import { fsyncDir } from './fs-util.js';
+import { fsyncDir } from '../util/durable-file.js';
 
 const BLOCK = 8 * 1024 * 1024;
 

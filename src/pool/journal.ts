@@ -23,7 +23,7 @@ import {
   uuidToBytes,
   writeU64,
 } from './format.js';
-import { fsyncDir } from './fs-util.js';
+import { fsyncDir } from '../util/durable-file.js';
 
 interface JournalFile {
   fd: number;

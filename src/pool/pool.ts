@@ -26,7 +26,7 @@ import {
   POOL_FORMAT_VERSION,
   POOL_JSON,
 } from './format.js';
-import { writeFileAtomic } from './fs-util.js';
+import { writeFileAtomic } from '../util/durable-file.js';
 import { IoTracker } from './io-tracker.js';
 import { JournalWriter, createJournalFile } from './journal.js';
 import { PoolLock } from './lock.js';

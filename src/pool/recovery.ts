@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { readCheckpointFile } from './checkpoint.js';
 import { PoolError } from './errors.js';
 import { CHECKPOINT_PREFIX, JOURNAL_PREFIX, TMP_SUFFIX, checkpointName, journalName } from './format.js';
-import { fsyncDir } from './fs-util.js';
+import { fsyncDir } from '../util/durable-file.js';
 import { scanJournal } from './journal.js';
 import type { PoolMetadata } from './metadata.js';
 import { replayRecord } from './records.js';

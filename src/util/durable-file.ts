@@ -1,4 +1,4 @@
-/** Small synchronous helpers for metadata files (node:fs is fine off the data path). */
+/** Small synchronous helpers for metadata files that must survive a crash (node:fs is fine off the data path). */
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -13,9 +13,9 @@ export function fsyncDir(dir: string): void {
 }
 
 /** writes a small file atomically: tmp, fsync, rename, fsync dir */
-export function writeFileAtomic(file: string, data: string | Buffer): void {
+export function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): void {
   const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o644);
+  const fd = fs.openSync(tmp, 'w', mode);
   try {
     fs.writeFileSync(fd, data);
     fs.fsyncSync(fd);
