@@ -363,8 +363,8 @@ run_one() { # SERVER ROUND
 
 # thinvault variants: "plain" uses only the hooks from the environment; "new-gen" advances the generation after
 # the prefill (the random jobs then pay for marking every chunk they first touch); "tracked-snap" (tracking on, a snapshot
-# present during every job) defaults the hooks to taking snapshots when they are not set. The snapshot CLI is not
-# written yet: override THINVAULT_SETUP / THINVAULT_SETUP_RANDOM if its syntax differs.
+# present during every job) defaults the hooks to taking snapshots when they are not set (`snapshot create SOURCE
+# NAME`, the CLI's syntax since 5f0a5a8); THINVAULT_SETUP / THINVAULT_SETUP_RANDOM override them.
 TV_SETUP=${THINVAULT_SETUP:-}
 TV_SETUP_RANDOM=${THINVAULT_SETUP_RANDOM:-}
 variant_hooks() { # VARIANT -> sets TV_SETUP / TV_SETUP_RANDOM for this server entry

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # run.sh — what `npm run bench` runs: build thinvault if needed, then every benchmark in bench/.
 #
-#   bash bench/run.sh [fio-compare options]     e.g. bash bench/run.sh --rounds 1 --out none
+#   bash bench/run.sh [--extra LIST|all] [--no-fio] [fio-compare options]
+#   e.g. bash bench/run.sh --rounds 1 --out none
+#        bash bench/run.sh --extra all                   # also the snapshot / replica / backup benchmarks
+#        bash bench/run.sh --no-fio --extra fig6
 #
-# Arguments are passed to bench/fio-compare.sh (after the default --servers, so a --servers given here wins).
+# --extra LIST (comma-separated: snapshot-create, backup-throughput, fig6; or "all") also runs those scripts after
+# fio-compare (about 1, 3 and 5 minutes); they are not part of the default run. --no-fio skips fio-compare and
+# crc32c. Every other argument is passed to bench/fio-compare.sh (after the default --servers, so a --servers
+# given here wins); an --out given here is passed to the extra scripts too.
 # Every step runs even when an earlier one failed; the exit status is non-zero if any step failed.
 set -euo pipefail
 
@@ -11,6 +17,21 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 status=0
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+EXTRA= FIO=1 OUT_ARGS=() FIO_ARGS=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --extra) [[ $# -ge 2 ]] || { say "--extra needs a value"; exit 2; }; EXTRA=$2; shift 2 ;;
+    --no-fio) FIO=0; shift ;;
+    --out) [[ $# -ge 2 ]] || { say "--out needs a value"; exit 2; }; OUT_ARGS=(--out "$2"); FIO_ARGS+=("$1" "$2"); shift 2 ;;
+    *) FIO_ARGS+=("$1"); shift ;;
+  esac
+done
+[[ $EXTRA != all ]] || EXTRA=snapshot-create,backup-throughput,fig6
+IFS=, read -r -a EXTRA_LIST <<<"$EXTRA"
+for e in "${EXTRA_LIST[@]}"; do
+  [[ $e =~ ^(snapshot-create|backup-throughput|fig6)$ ]] || { say "unknown --extra '$e'"; exit 2; }
+done
 
 # 1. Build (TypeScript, and the native addon when it has not been built yet). Never installs packages.
 needs_build=0
@@ -35,16 +56,24 @@ if [[ -f binding.gyp ]] && ! compgen -G 'build/Release/*.node' >/dev/null; then
   fi
 fi
 
-# 2. fio comparison against nbdkit and qemu-nbd (writes docs/benchmarks.md unless --out none is given).
-say "bench/fio-compare.sh"
-bash bench/fio-compare.sh --servers nbdkit-file,nbdkit-sparse,qemu-nbd,thinvault "$@" || status=1
+if [[ $FIO == 1 ]]; then
+  # 2. fio comparison against nbdkit and qemu-nbd (writes docs/benchmarks.md unless --out none is given).
+  say "bench/fio-compare.sh"
+  bash bench/fio-compare.sh --servers nbdkit-file,nbdkit-sparse,qemu-nbd,thinvault "${FIO_ARGS[@]}" || status=1
 
-# 3. CRC32C throughput (bench/crc32c.mjs is written separately; skipped while it does not exist).
-if [[ -f bench/crc32c.mjs ]]; then
-  say "node bench/crc32c.mjs"
-  timeout 600 node bench/crc32c.mjs || status=1
-else
-  say "bench/crc32c.mjs not present; skipped"
+  # 3. CRC32C throughput (bench/crc32c.mjs is written separately; skipped while it does not exist).
+  if [[ -f bench/crc32c.mjs ]]; then
+    say "node bench/crc32c.mjs"
+    timeout 600 node bench/crc32c.mjs || status=1
+  else
+    say "bench/crc32c.mjs not present; skipped"
+  fi
 fi
+
+# 4. Snapshot / replica / backup benchmarks, only when asked for (--extra). Each has its own time limit.
+for e in "${EXTRA_LIST[@]}"; do
+  say "bench/$e.sh"
+  bash "bench/$e.sh" "${OUT_ARGS[@]}" || status=1
+done
 
 exit "$status"
