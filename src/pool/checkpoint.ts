@@ -195,7 +195,7 @@ function readTable(buf: Buffer, o: number, table: PagedTable, chunks: number, ma
       if (!from || !page) bad(`page ${pi} refers to volume ${owner}, which has no such page`);
       const base = pi * PAGE_ENTRIES;
       for (let s = 0; s < PAGE_ENTRIES; s++) if (page![s] !== 0 && base + s >= chunks) bad(`shared page ${pi} maps chunk ${base + s} past the end`);
-      table.adoptPage(pi, page!, from!.liveIn(pi));
+      table.adoptPageFrom(from!, pi);
       continue;
     }
     if (width !== 1 && width !== 2 && width !== 4) bad(`page width ${width}`);

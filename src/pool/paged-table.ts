@@ -219,15 +219,22 @@ export class PagedTable {
     target.nonZero = this.nonZero;
   }
 
-  /** Installs a page object that another table of the pool already holds (checkpoint load). */
-  adoptPage(pageIndex: number, page: Page, live: number): void {
+  /**
+   * Makes page `pageIndex` of `from` (a table of the same pool loaded earlier) a page of this table too
+   * (checkpoint load): both hold the same page object and both copy it before changing it.
+   */
+  adoptPageFrom(from: PagedTable, pageIndex: number): void {
+    const page = from.pages[pageIndex];
+    if (page === undefined) throw new Error(`adoptPageFrom: page ${pageIndex} does not exist`);
+    if (from.shares !== this.shares) throw new Error('adoptPageFrom: tables of different pools');
     if (this.pages[pageIndex] !== undefined) throw new Error(`page ${pageIndex} loaded twice`);
     this.growDirectory(pageIndex);
     this.shares.add(page);
     this.pages[pageIndex] = page;
-    this.live[pageIndex] = live;
+    this.live[pageIndex] = from.live[pageIndex];
     this.mayShare[pageIndex] = true;
-    this.nonZero += live;
+    from.mayShare[pageIndex] = true;
+    this.nonZero += from.live[pageIndex];
     this.pageBytes += page.byteLength;
   }
 
@@ -249,10 +256,6 @@ export class PagedTable {
     return page !== undefined && this.mayShare[pageIndex] && this.shares.holdersOf(page) > 1;
   }
 
-  /** number of non-zero entries in page pageIndex */
-  liveIn(pageIndex: number): number {
-    return this.live[pageIndex] ?? 0;
-  }
 
   clear(): void {
     this.pages = [];

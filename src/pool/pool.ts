@@ -31,6 +31,7 @@ import { IoTracker } from './io-tracker.js';
 import { JournalWriter, createJournalFile } from './journal.js';
 import { PoolLock } from './lock.js';
 import { PoolMetadata } from './metadata.js';
+import type { Page } from './paged-table.js';
 import {
   appendGenFold,
   appendGenRebase,
@@ -690,19 +691,23 @@ export class Pool {
    */
   check(): { ok: boolean; problems: string[]; checked: { volumes: number; mappedChunks: number; chunksTotal: number } } {
     const problems: string[] = [];
-    const expected = new Uint16Array(Math.max(this.alloc.total, 1));
+    let expected = new Uint16Array(Math.max(this.alloc.total, 1));
+    const count = (p: number) => {
+      if (p >= expected.length) {
+        const bigger = new Uint16Array(p + 1);
+        bigger.set(expected);
+        expected = bigger;
+      }
+      expected[p]!++;
+    };
     let mapped = 0;
-    let grown = expected;
     this.meta.forEachMapped((p) => {
       mapped++;
-      if (p >= grown.length) {
-        const bigger = new Uint16Array(p + 1);
-        bigger.set(grown);
-        grown = bigger;
-      }
-      grown[p]!++;
+      count(p);
     });
-    problems.push(...this.alloc.audit(grown));
+    // clean chunks taken by copies in progress (copy-on-write, background copy) are in use but not mapped yet
+    for (const volume of this.volumes.values()) for (const p of volume.chunksBeingCopied) count(p);
+    problems.push(...this.alloc.audit(expected));
     for (const v of this.meta.volumes.values()) {
       const recount = new Map<number, number>();
       v.gens.entries.forEachNonZero(0, v.chunks, (_c, g) => recount.set(g, (recount.get(g) ?? 0) + 1));
@@ -725,7 +730,38 @@ export class Pool {
         }
       });
     }
+    problems.push(...this.checkPageSharing());
     return { ok: problems.length === 0, problems: problems.slice(0, 100), checked: { volumes: this.meta.volumes.size, mappedChunks: mapped, chunksTotal: this.alloc.total } };
+  }
+
+  /**
+   * Page sharing against the tables: every page object held by several tables has that many holders on record,
+   * and each holder knows it must copy the page before changing it (else a write would reach a snapshot).
+   */
+  private checkPageSharing(): string[] {
+    const problems: string[] = [];
+    for (const kind of ['map', 'gens'] as const) {
+      const holders = new Map<Page, Array<{ v: VolumeState; pi: number }>>();
+      for (const v of this.meta.volumes.values()) {
+        const table = kind === 'map' ? v.map : v.gens.entries;
+        table.forEachPage((pi, page) => {
+          const list = holders.get(page);
+          if (list) list.push({ v, pi });
+          else holders.set(page, [{ v, pi }]);
+        });
+      }
+      for (const [page, list] of holders) {
+        if (list.length < 2) continue;
+        const recorded = this.meta.shares[kind].holdersOf(page);
+        const names = list.map((h) => h.v.name).join(', ');
+        if (recorded !== list.length) problems.push(`${kind} page ${list[0].pi} is held by ${list.length} volumes (${names}) but ${recorded} on record`);
+        for (const { v, pi } of list) {
+          const table = kind === 'map' ? v.map : v.gens.entries;
+          if (!table.isPageShared(pi)) problems.push(`volume ${v.name}: ${kind} page ${pi} is shared with ${names} but would be changed in place`);
+        }
+      }
+    }
+    return problems;
   }
 
   /** Every write completed before the call, and every metadata change, is durable when this resolves. */

@@ -521,6 +521,13 @@ export class Volume {
 
   /** chunks being copied away from their shared chunk, with the promise of that copy */
   private readonly unsharing = new Map<number, Promise<void>>();
+  /** clean chunks taken for copies in progress, not mapped yet (pool check counts them as used) */
+  private readonly copyTargets = new Set<number>();
+
+  /** physical chunks held by copies in progress @internal */
+  get chunksBeingCopied(): ReadonlySet<number> {
+    return this.copyTargets;
+  }
 
   /** whether chunk c (mapped to physical e - 1) is shared with another volume */
   private isShared(c: number, e: number): boolean {
@@ -571,6 +578,8 @@ export class Volume {
     for (const c of mine) this.unsharing.set(c, done);
     let reserved = 0;
     let opId = 0;
+    /** copy targets taken and not yet mapped or released */
+    const taken: number[] = [];
     try {
       await ctx.alloc.reserve(mine.length);
       reserved = mine.length;
@@ -586,6 +595,8 @@ export class Volume {
         if (p >= 0) {
           reserved--;
           st.cursor = p + 1;
+          taken.push(p);
+          this.copyTargets.add(p);
         }
         olds.push(old);
         news.push(p);
@@ -600,6 +611,7 @@ export class Volume {
         const c = mine[i];
         const p = news[i];
         if (p < 0) continue;
+        this.copyTargets.delete(p);
         if (st.deleted || st.map.get(c) !== olds[i] + 1) {
           // trimmed, redirected or deleted meanwhile: the copy is not needed
           ctx.alloc.release(p, ctx.journal.lastSeq);
@@ -613,8 +625,13 @@ export class Volume {
         ctx.alloc.release(olds[i], seq);
         copied++;
       }
+      taken.length = 0;
       return copied;
     } finally {
+      // a failed copy gives its targets back (never mapped, so no record refers to them)
+      for (const p of taken) {
+        if (this.copyTargets.delete(p)) ctx.alloc.release(p, ctx.journal.lastSeq);
+      }
       if (opId !== 0) ctx.tracker.end(opId);
       if (reserved > 0) ctx.alloc.unreserve(reserved);
       for (const c of mine) this.unsharing.delete(c);
