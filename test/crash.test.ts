@@ -20,7 +20,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mulberry32 } from './pool-helpers.js';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -32,13 +32,11 @@ import {
   childExit,
   tempDir,
   tool,
-  ROOT,
   CLI,
-  PYTHON,
   type Daemon,
 } from './helpers/daemon.js';
+import { lastJson, startOracle, waitBounded } from './helpers/load-oracle.js';
 
-const ORACLE = path.join(ROOT, 'test/tools/load-oracle.py');
 const MiB = 1024 * 1024;
 const VOLUME = 'load';
 const VOLUME_SIZE = 512 * MiB;
@@ -50,58 +48,6 @@ const TRIALS = Number(process.env.TV_CRASH_TRIALS ?? 8);
 const rnd = mulberry32(SEED);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Oracle {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  ready: Promise<void>;
-  done: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function startOracle(args: string[]): Oracle {
-  const child = spawn(PYTHON, [ORACLE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8');
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (d: string) => (err = (err + d).slice(-20_000)));
-  const done = childExit(child);
-  const ready = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`oracle not READY after 30 s: ${out}\n${err}`)), 30_000);
-    child.stdout!.on('data', (d: string) => {
-      out += d;
-      if (out.includes('READY')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    void done.then(() => {
-      clearTimeout(timer);
-      if (!out.includes('READY')) reject(new Error(`oracle exited before READY: ${out}\n${err}`));
-    });
-  });
-  ready.catch(() => undefined); // verify mode never prints READY; only awaiting callers see the rejection
-  return { child, stdout: () => out, stderr: () => err, ready, done };
-}
-
-/** waits for a child we started, SIGKILLing it (by its PID, through the handle) after `ms` */
-async function waitBounded(o: Oracle, ms: number, what: string): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ms)));
-  const r = await Promise.race([o.done, timeout]);
-  clearTimeout(timer);
-  if (r === 'timeout') {
-    o.child.kill('SIGKILL');
-    await o.done;
-    throw new Error(`${what} did not finish within ${ms} ms; stdout: ${o.stdout().slice(-2000)} stderr: ${o.stderr().slice(-2000)}`);
-  }
-}
-
-function lastJson(text: string): Record<string, unknown> {
-  const lines = text.trim().split('\n').filter((l) => l.startsWith('{'));
-  if (lines.length === 0) throw new Error(`no JSON line in: ${text.slice(-2000)}`);
-  return JSON.parse(lines[lines.length - 1]) as Record<string, unknown>;
-}
 
 interface VerifyReport {
   ok: boolean;
