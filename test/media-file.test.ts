@@ -26,7 +26,7 @@ const MiB = 1024 * KiB;
 describe('parseMediaTarget', () => {
   it('parses every form', () => {
     expect(parseMediaTarget('-')).toEqual({ kind: 'pipe', spec: '-', recordSize: DEFAULT_RECORD_SIZE });
-    expect(parseMediaTarget('/b/full.tvb')).toEqual({ kind: 'file', spec: '/b/full.tvb', path: '/b/full.tvb', recordSize: 262144 });
+    expect(parseMediaTarget('/b/full.tvb')).toEqual({ kind: 'file', spec: '/b/full.tvb', path: '/b/full.tvb', recordSize: 4 * 1024 * 1024 });
     expect(parseMediaTarget('file:/b/x#1')).toMatchObject({ kind: 'file', path: '/b/x#1' });
     expect(parseMediaTarget('relative/name:with-colon')).toMatchObject({ kind: 'file', path: 'relative/name:with-colon' });
     expect(parseMediaTarget('tap:/b/x.tap')).toEqual({
@@ -222,5 +222,21 @@ describe('pipes', () => {
     const out = PipeMedium.forWriting(wire, 4);
     await expect(out.writeRecord(Buffer.from('abcd'))).rejects.toBeInstanceOf(MediaError);
     await out.close();
+  });
+});
+
+describe('plain file direct writes', () => {
+  it('a stream of 4 KiB multiples goes through O_DIRECT and reads back exactly, an odd tail through the page cache', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tv-media-direct-'));
+    try {
+      const target = parseMediaTarget(path.join(dir, 'direct.tvs'));
+      const data = randomBytes(9 * 1024 * 1024 + 4096 + 123); // 4 MiB records, then a 1 MiB + 4219-byte tail
+      const w = await openWriteStream(target);
+      for (let o = 0; o < data.length; o += 700_000) await w.write(data.subarray(o, Math.min(data.length, o + 700_000)));
+      expect(await w.finish()).toMatchObject({ bytes: data.length });
+      expect(fs.readFileSync(path.join(dir, 'direct.tvs')).equals(data)).toBe(true);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -15,6 +15,11 @@ import { MediaError } from './errors.js';
 /** 256 KiB: large enough for full streaming speed on tape drives, small enough for any st driver buffer. */
 export const DEFAULT_RECORD_SIZE = 256 * 1024;
 /**
+ * a plain file has no records of its own: larger writes cost fewer system calls (and direct I/O, file.ts, wants
+ * them large)
+ */
+export const FILE_WRITE_SIZE = 4 * 1024 * 1024;
+/**
  * SIMH stores a record's length in 24 bits. Tape records are held to the same limit so that a tape and an image
  * can be copied into each other record for record.
  */
@@ -71,7 +76,7 @@ export function parseMediaTarget(spec: string): MediaTarget {
   // A plain file is taken literally: it holds one stream, so there is no '#N' or option to split off.
   const path = spec.startsWith('file:') ? spec.slice('file:'.length) : spec;
   if (path === '') throw invalid(spec, 'no file name');
-  return { kind: 'file', spec, path, recordSize: DEFAULT_RECORD_SIZE };
+  return { kind: 'file', spec, path, recordSize: FILE_WRITE_SIZE };
 }
 
 /** Checks a record size given by a caller (e.g. `openWriteStream`'s option) against the same limits as the syntax. */
