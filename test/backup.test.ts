@@ -143,6 +143,23 @@ describe('snapshots, backups, restores, media and replicas', () => {
     for (const n of ['r1', 'other', 'small']) await cliJson(d, ['volume', 'delete', n]);
   });
 
+  it('a second backup of a volume while one runs is refused; the first completes', async () => {
+    // the first backup waits for a reader of its FIFO target, so it is surely running when the second comes
+    const fifo = path.join(dir, 'slow.fifo');
+    await tool('mkfifo', [fifo]);
+    const first = d.cli(['backup', 'full', 'v', '--to', `file:${fifo}`, '--overwrite', '--json']);
+    await new Promise((r) => setTimeout(r, 1500));
+    await fails(d, ['backup', 'full', 'v', '--to', path.join(dir, 'second.tvs')], /a backup of 'v' is already running/);
+    const sink = fs.createReadStream(fifo);
+    let bytes = 0;
+    sink.on('data', (c) => (bytes += c.length));
+    const closed = new Promise((resolve) => sink.on('close', resolve));
+    const r = await first;
+    await closed;
+    expect(r.code, r.stderr).toBe(0);
+    expect(bytes).toBe(JSON.parse(r.stdout).bytes);
+  });
+
   it('damaged streams are refused before anything changes, naming what and where', async () => {
     const file = path.join(dir, 'full.tvs');
     const good = fs.readFileSync(file);

@@ -31,6 +31,12 @@ export interface FullBackupResult {
   currentGeneration: number;
 }
 
+/**
+ * Volumes with a backup running in this daemon: a second backup of the same volume would close and renumber
+ * generations under the first one's feet, so it is refused.
+ */
+const backupsRunning = new Set<string>();
+
 /** the zero-filled management info slot (seed 001 fills it in a later capability) */
 const EMPTY_MANAGEMENT_INFO = Buffer.alloc(512);
 
@@ -55,6 +61,23 @@ export async function backupFull(
   const volume = pool.volume(volumeName);
   if (!volume || volume.info().kind === 'internal') throw new PoolError('ENOENT', `no volume named '${volumeName}'`);
   const { lineage, self } = identityOf(pool, volumeName);
+  if (backupsRunning.has(volume.uuid)) throw new PoolError('EBUSY', `a backup of '${volumeName}' is already running`);
+  backupsRunning.add(volume.uuid);
+  try {
+    return await backupFullOnce(pool, volumeName, target, lineage, self, opts);
+  } finally {
+    backupsRunning.delete(volume.uuid);
+  }
+}
+
+async function backupFullOnce(
+  pool: Pool,
+  volumeName: string,
+  target: ReturnType<typeof parseMediaTarget>,
+  lineage: StreamIdentity,
+  self: StreamIdentity,
+  opts: { overwrite?: boolean; log: Logger; progress?: Progress },
+): Promise<FullBackupResult> {
   // open the medium first: a wrong target fails before the volume's generation changes
   const writer = await openWriteStream(target, { overwrite: opts.overwrite });
   const viewName = `.backup-${randomUUID().slice(0, 8)}`;
@@ -232,12 +255,18 @@ export async function restoreStream(pool: Pool, source: ByteSource, opts: Restor
       throw err;
     }
     let name: string;
-    if (target) {
-      await pool.replaceVolumeContent(target.name, stagingName);
-      name = target.name;
-    } else {
-      await pool.renameVolume(stagingName, opts.as!, 0, header.origin);
-      name = opts.as!;
+    try {
+      if (target) {
+        await pool.replaceVolumeContent(target.name, stagingName);
+        name = target.name;
+      } else {
+        await pool.renameVolume(stagingName, opts.as!, 0, header.origin);
+        name = opts.as!;
+      }
+    } catch (err) {
+      // e.g. the name was taken meanwhile: the verified data is not kept under a hidden name
+      await pool.deleteVolume(stagingName, { force: true }).catch(() => {});
+      throw err;
     }
     const result = summary(r.records, r.bytes, sink.chunksWritten, sink.chunksSkipped, name);
     opts.log.info(result, 'stream restored');
