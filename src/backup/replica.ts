@@ -77,6 +77,8 @@ export interface ReplicaInfo {
   /** size of the packed image (the NBD export's size) */
   imageBytes: number;
   digest?: string;
+  /** replica create: seconds the daemon spent on it */
+  seconds?: number;
 }
 
 /**
@@ -88,6 +90,7 @@ export async function createReplica(pool: Pool, sourceName: string, name: string
   const src = pool.volume(sourceName);
   if (!src || src.info().kind === 'internal') throw new PoolError('ENOENT', `no volume named '${sourceName}'`);
   const sourceGeneration = src.generations().current;
+  const started = Date.now();
   await pool.cloneVolume(sourceName, name, { flags: VolumeFlag.REPLICA | VolumeFlag.READ_ONLY | VolumeFlag.INCOMPLETE });
   try {
     const replica = pool.volume(name)!;
@@ -115,7 +118,7 @@ export async function createReplica(pool: Pool, sourceName: string, name: string
     await pool.setVolumeFlags(name, VolumeFlag.REPLICA | VolumeFlag.READ_ONLY);
     const info = replicaInfo(pool, name);
     opts.log.info({ ...info, source: sourceName }, 'replica created');
-    return { ...info, digest: written.digest };
+    return { ...info, digest: written.digest, seconds: (Date.now() - started) / 1000 };
   } catch (err) {
     await pool.deleteVolume(name, { force: true }).catch(() => {});
     throw err;
