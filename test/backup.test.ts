@@ -92,6 +92,7 @@ describe('snapshots, backups, restores, media and replicas', () => {
     await fails(d, ['snapshot', 'create', 'v', 'snap1'], /exists/);
     await fails(d, ['snapshot', 'delete', 'v'], /'v' is a volume, not a snapshot/);
     await fails(d, ['snapshot', 'create', 'v', '.hidden'], /volume names/);
+    await fails(d, ['volume', 'resize', 'snap1', '--size', '128MiB'], /read-only/);
     // delete in any order
     await cliJson(d, ['snapshot', 'delete', 'snap1']);
     expect(await qemuIo(d, 'snap2', ['read -P 0x5a 0 4096'], true)).not.toMatch(/Pattern verification failed/);

@@ -408,6 +408,7 @@ export class Pool {
       this.validateSize(size);
       const volume = this.requireVolume(name);
       const st = volume.state;
+      if (st.has(VolumeFlag.READ_ONLY)) throw new PoolError('EPERM', `volume '${name}' is read-only (a snapshot or replica keeps its size)`);
       const cs = this.chunkSize;
       const old = st.size;
       const chunkEnd = (n: number) => Math.ceil(n / cs) * cs;
