@@ -294,3 +294,26 @@ describe('snapshots, backups, restores, media and replicas', () => {
     await fails(d, ['replica', 'info', 'rep'], /no replica named 'rep'/);
   });
 });
+
+describe('restore into a full pool', () => {
+  it('fails with ENOSPC, leaves no staging volume behind and gives the space back', async () => {
+    const d = await startDaemon({ initArgs: ['--capacity', '32MiB'] });
+    const dir = tempDir('tv-backup-full-pool-');
+    try {
+      await cliJson(d, ['volume', 'create', 'v', '--size', '64MiB']);
+      await qemuIo(d, 'v', ['write -P 3 0 20M', 'flush']);
+      const file = path.join(dir, 'b.tvs');
+      await cliJson(d, ['backup', 'full', 'v', '--to', file]);
+      const before = await cliJson<{ pool: { chunksUsed: number; volumes: number } }>(d, ['status']);
+      await fails(d, ['restore', '--from', file, '--as', 'r'], /pool is full.*\[ENOSPC\]/);
+      const after = await cliJson<{ pool: { chunksUsed: number; volumes: number } }>(d, ['status']);
+      expect(after.pool.volumes).toBe(before.pool.volumes);
+      expect(after.pool.chunksUsed).toBe(before.pool.chunksUsed);
+      expect(await qemuIo(d, 'v', ['read -P 3 0 20M'], true)).not.toMatch(/Pattern verification failed/);
+      expect((await d.cli(['pool', 'check'])).code).toBe(0);
+    } finally {
+      await d.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
