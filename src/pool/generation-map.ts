@@ -29,15 +29,6 @@ export class GenerationMap {
     target.current = this.current;
   }
 
-  /** Takes over the pages of `source` (which is left empty); this map's own pages are let go. */
-  moveFrom(source: GenerationMap): void {
-    this.table.releaseAll();
-    source.table.shareInto(this.table);
-    source.table.releaseAll();
-    this.counts = source.counts;
-    source.counts = new Map();
-  }
-
   get(c: number): number {
     return this.table.get(c);
   }
