@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import { ChunkBitmap } from '../src/pool/chunk-bitmap.js';
 import { GenerationMap } from '../src/pool/generation-map.js';
 import { IoTracker } from '../src/pool/io-tracker.js';
-import { PagedTable } from '../src/pool/paged-table.js';
+import { PageShares, PagedTable, type Page } from '../src/pool/paged-table.js';
 import { SyncCoalescer } from '../src/pool/sync-coalescer.js';
 import { mulberry32 } from './pool-helpers.js';
 
@@ -208,5 +208,67 @@ describe('SyncCoalescer', () => {
     expect(calls).toBe(2);
     await s.sync();
     expect(calls).toBe(2);
+  });
+});
+
+describe('PagedTable page sharing', () => {
+  test('shared tables never see each other\'s changes, and the ownership hooks keep per-page references exact', () => {
+    const rnd = mulberry32(99);
+    const shares = new PageShares();
+    /** references per value = number of distinct live page objects holding it (what the allocator keeps) */
+    const refs = new Map<number, number>();
+    const add = (v: number, d: number) => refs.set(v, (refs.get(v) ?? 0) + d);
+    shares.hooks = {
+      copied: (page: Page) => {
+        for (const v of page) if (v !== 0) add(v, 1);
+      },
+      dropped: (v: number) => add(v, -1),
+    };
+    const N = 5000;
+    const tables: Array<{ t: PagedTable; model: Map<number, number> } | null> = [{ t: new PagedTable(shares), model: new Map() }];
+    let nextValue = 1;
+    for (let step = 0; step < 6000; step++) {
+      const live = tables.map((x, i) => (x ? i : -1)).filter((i) => i >= 0);
+      const k = live[Math.floor(rnd() * live.length)];
+      const { t, model } = tables[k]!;
+      const r = rnd();
+      if (r < 0.6) {
+        const i = Math.floor(rnd() * N);
+        const old = t.get(i);
+        const v = rnd() < 0.2 ? 0 : nextValue++;
+        t.set(i, v); // like a MAP/UNMAP: the old value loses this table's reference, the new one gains it
+        if (old !== 0) add(old, -1);
+        if (v !== 0) add(v, 1);
+        if (v === 0) model.delete(i);
+        else model.set(i, v);
+      } else if (r < 0.75 && live.length < 6) {
+        const copy = new PagedTable(shares);
+        t.shareInto(copy);
+        tables.push({ t: copy, model: new Map(model) });
+      } else if (r < 0.85 && live.length > 1) {
+        t.releaseAll();
+        tables[k] = null;
+      } else if (r < 0.9) {
+        const from = Math.floor(rnd() * N);
+        t.truncate(from);
+        for (const i of [...model.keys()]) if (i >= from) model.delete(i);
+      }
+    }
+    for (const x of tables) {
+      if (!x) continue;
+      for (let i = 0; i < N; i++) expect(x.t.get(i), `entry ${i}`).toBe(x.model.get(i) ?? 0);
+    }
+    // every value still referenced is held by exactly as many distinct page objects as the hooks counted
+    const seen = new Set<Page>();
+    const expected = new Map<number, number>();
+    for (const x of tables) {
+      x?.t.forEachPage((_pi, page) => {
+        if (seen.has(page)) return;
+        seen.add(page);
+        for (const v of page) if (v !== 0) expected.set(v, (expected.get(v) ?? 0) + 1);
+      });
+    }
+    for (const [v, n] of refs) expect(n, `references of value ${v}`).toBe(expected.get(v) ?? 0);
+    expect(shares.sharedPages).toBeLessThanOrEqual(seen.size);
   });
 });
