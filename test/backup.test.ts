@@ -154,7 +154,7 @@ describe('snapshots, backups, restores, media and replicas', () => {
     const sink = fs.createReadStream(fifo);
     let bytes = 0;
     sink.on('data', (c) => (bytes += c.length));
-    const closed = new Promise((resolve) => sink.on('close', resolve));
+    const closed = new Promise<void>((resolve) => sink.on('close', () => resolve()));
     const r = await first;
     await closed;
     expect(r.code, r.stderr).toBe(0);

@@ -33,10 +33,11 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { startDaemon, restartDaemon, cliJson, poolCheck, tempDir, tool, type Daemon } from './helpers/daemon.js';
 import { lastJson, startOracle, waitBounded } from './helpers/load-oracle.js';
+import { ControlConnection, type Reply } from './helpers/control-connection.js';
+import type { CopyProgress } from '../src/pool/index.js';
 import { mulberry32 } from './pool-helpers.js';
 
 const KiB = 1024;
@@ -177,84 +178,6 @@ function randomWrite(rnd: () => number, size: number, pattern: number, maxLen = 
 
 // ------------------------------------------------------------------------------------------ the daemon, directly
 
-interface Reply {
-  ok: boolean;
-  result?: Record<string, unknown>;
-  error?: { code: string; message: string };
-}
-
-/** One NDJSON connection to the control socket (to send a long job and kill the daemon at a chosen point of it). */
-class ControlConnection {
-  private buf = '';
-  private nextId = 1;
-  private waiting = new Map<number, { done: (r: Reply | undefined) => void; progress?: (p: { done: number; total: number }) => void }>();
-  dead = false;
-
-  private constructor(private s: net.Socket) {
-    s.setEncoding('utf8');
-    s.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, i);
-        this.buf = this.buf.slice(i + 1);
-        let msg: { id: number; ok?: boolean; result?: Record<string, unknown>; error?: Reply['error']; progress?: { done: number; total: number } };
-        try {
-          msg = JSON.parse(line);
-        } catch {
-          continue;
-        }
-        const w = this.waiting.get(msg.id);
-        if (!w) continue;
-        if (msg.ok === undefined) {
-          if (msg.progress) w.progress?.(msg.progress);
-          continue;
-        }
-        this.waiting.delete(msg.id);
-        w.done({ ok: msg.ok, result: msg.result, error: msg.error });
-      }
-    });
-    const fail = () => {
-      this.dead = true;
-      for (const w of this.waiting.values()) w.done(undefined);
-      this.waiting.clear();
-    };
-    s.on('error', fail);
-    s.on('close', fail);
-  }
-
-  static open(socketPath: string): Promise<ControlConnection> {
-    return new Promise((resolve, reject) => {
-      const s = net.createConnection(socketPath);
-      s.once('connect', () => resolve(new ControlConnection(s)));
-      s.once('error', reject);
-    });
-  }
-
-  /** undefined when the connection died first (the daemon was killed) or after `timeoutMs` */
-  call(cmd: string, args: object, progress?: (p: { done: number; total: number }) => void, timeoutMs = 60_000): Promise<Reply | undefined> {
-    if (this.dead) return Promise.resolve(undefined);
-    const id = this.nextId++;
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.waiting.delete(id);
-        resolve(undefined);
-      }, timeoutMs);
-      this.waiting.set(id, {
-        done: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
-        progress,
-      });
-      this.s.write(JSON.stringify({ id, cmd, args }) + '\n');
-    });
-  }
-
-  close(): void {
-    this.s.destroy();
-  }
-}
 
 interface VolumeInfo {
   name: string;
@@ -809,23 +732,15 @@ describe('kill -9 during volume copy', () => {
     if (!failed && work) fs.rmSync(work, { recursive: true, force: true });
   }, 30_000);
 
-  interface CopyRow {
-    volume: string;
-    doneChunks: number;
-    totalChunks: number;
-    copiedChunks: number;
-    finished: boolean;
-    error?: string;
-  }
 
-  async function copyStatus(conn: ControlConnection, name: string): Promise<CopyRow | undefined> {
+  async function copyStatus(conn: ControlConnection, name: string): Promise<CopyProgress | undefined> {
     const r = await conn.call('volume.copy-status', { name }, undefined, 10_000);
     if (!r?.ok) throw new Error(`volume.copy-status ${name}: ${JSON.stringify(r)}`);
-    return (r.result!.copies as CopyRow[])[0];
+    return (r.result!.copies as CopyProgress[])[0];
   }
 
   /** polls copy-status until the copy is `fraction` done or finished; bounded */
-  async function waitForProgress(name: string, fraction: number, conn?: ControlConnection): Promise<CopyRow | undefined> {
+  async function waitForProgress(name: string, fraction: number, conn?: ControlConnection): Promise<CopyProgress | undefined> {
     const c = conn ?? (await ControlConnection.open(d.control));
     try {
       const deadline = Date.now() + 60_000;
@@ -847,7 +762,7 @@ describe('kill -9 during volume copy', () => {
       .some((l) => l.includes('resuming the background copy') && l.includes(`"volume":"${name}"`));
   }
 
-  async function waitCopied(name: string): Promise<CopyRow | undefined> {
+  async function waitCopied(name: string): Promise<CopyProgress | undefined> {
     const deadline = Date.now() + 90_000;
     for (;;) {
       const info = await cliJson<VolumeInfo>(d, ['volume', 'info', name]);
@@ -855,7 +770,7 @@ describe('kill -9 during volume copy', () => {
       if (Date.now() > deadline) throw new Error(`copy of ${name} still running after 90 s`);
       await sleep(200);
     }
-    const rows = (await cliJson<{ copies: CopyRow[] }>(d, ['volume', 'copy-status', name])).copies;
+    const rows = (await cliJson<{ copies: CopyProgress[] }>(d, ['volume', 'copy-status', name])).copies;
     return rows[0];
   }
 
@@ -888,7 +803,7 @@ describe('kill -9 during volume copy', () => {
           settled++;
         })));
         const fraction = 0.1 + 0.5 * rnd();
-        let atKill: CopyRow | undefined;
+        let atKill: CopyProgress | undefined;
         for (const deadline = Date.now() + 60_000; ; await sleep(2)) {
           atKill = await copyStatus(conn, name);
           if (!atKill || atKill.finished || atKill.error) break;

@@ -22,7 +22,6 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mulberry32 } from './pool-helpers.js';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import {
   startDaemon,
@@ -36,6 +35,7 @@ import {
   type Daemon,
 } from './helpers/daemon.js';
 import { lastJson, startOracle, waitBounded } from './helpers/load-oracle.js';
+import { ControlConnection } from './helpers/control-connection.js';
 
 const MiB = 1024 * 1024;
 const VOLUME = 'load';
@@ -337,7 +337,7 @@ class ControlTraffic {
     if (conn.dead) return false; // never sent: not in the history
     const rec: CtlRecord = { stream, name, cmd, target, state: 'sent' };
     this.history.push(rec);
-    const reply = await conn.call(cmd, args);
+    const reply = await conn.call(cmd, args, undefined, 30_000);
     if (reply === undefined) return false;
     if (reply.ok) rec.state = 'ok';
     else {
@@ -349,64 +349,3 @@ class ControlTraffic {
   }
 }
 
-class ControlConnection {
-  private buf = '';
-  private nextId = 1;
-  private waiting = new Map<number, (r: { ok: boolean; error?: unknown } | undefined) => void>();
-  dead = false;
-
-  private constructor(private s: net.Socket) {
-    s.setEncoding('utf8');
-    s.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, i);
-        this.buf = this.buf.slice(i + 1);
-        try {
-          const msg = JSON.parse(line) as { id: number; ok?: boolean; error?: unknown; progress?: unknown };
-          if (msg.ok === undefined) continue; // progress events
-          this.waiting.get(msg.id)?.({ ok: msg.ok, error: msg.error });
-          this.waiting.delete(msg.id);
-        } catch {
-          // not JSON: ignore
-        }
-      }
-    });
-    const fail = () => {
-      this.dead = true;
-      for (const w of this.waiting.values()) w(undefined);
-      this.waiting.clear();
-    };
-    s.on('error', fail);
-    s.on('close', fail);
-  }
-
-  static open(socketPath: string): Promise<ControlConnection> {
-    return new Promise((resolve, reject) => {
-      const s = net.createConnection(socketPath);
-      s.once('connect', () => resolve(new ControlConnection(s)));
-      s.once('error', reject);
-    });
-  }
-
-  call(cmd: string, args: object): Promise<{ ok: boolean; error?: unknown } | undefined> {
-    if (this.dead) return Promise.resolve(undefined);
-    const id = this.nextId++;
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.waiting.delete(id);
-        resolve(undefined);
-      }, 30_000);
-      this.waiting.set(id, (r) => {
-        clearTimeout(timer);
-        resolve(r);
-      });
-      this.s.write(JSON.stringify({ id, cmd, args }) + '\n');
-    });
-  }
-
-  close(): void {
-    this.s.destroy();
-  }
-}
