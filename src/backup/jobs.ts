@@ -5,13 +5,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { PoolError, VolumeFlag, type Pool, type Volume } from '../pool/index.js';
-import { listFiles, openReadStream, openWriteStream, parseMediaTarget } from '../media/index.js';
-import type { ByteSource } from './io.js';
-import { readStreamHeader, HEADER_SIZE, type StreamHeader, type StreamIdentity } from './stream-format.js';
-import { readStream } from './stream-reader.js';
-import { writeStream } from './stream-writer.js';
-import { VolumeChunkSink, VolumeChunkSource } from './volume-io.js';
+import { PoolError, VolumeFlag, type BackupChain, type Pool, type Volume } from '../pool/index.js';
+import { listFiles, openWriteStream, parseMediaTarget } from '../media/index.js';
+import { readStreamHeader, streamLayout, HEADER_SIZE, type StreamHeader, type StreamIdentity } from './stream-format.js';
+import { writeStream, type StreamFieldsInput } from './stream-writer.js';
+import { VolumeChunkSource } from './volume-io.js';
 
 export type Progress = (done: number, total: number) => void;
 
@@ -47,9 +45,10 @@ function identityOf(pool: Pool, name: string): { lineage: StreamIdentity; self: 
 
 /**
  * `backup full VOL --to TARGET`. The stream carries the volume's lineage identity (its origin's when VOL is itself a
- * copy) and the management info slot. Only a stream whose trailer is written and synced counts: then the generation
- * map restarts at the view (chunks written since are generation 1, ...). On any failure, including a full medium,
- * the map is left alone (the next backup over-reports rather than misses) and the error says how far it got.
+ * copy) and the management info slot. Only a stream whose trailer is written and synced counts: then, in one step,
+ * the volume's backup chain starts at this stream and the generation map restarts at the view (chunks written since
+ * are generation 1, ...). On any failure, including a full medium, the map is left alone (the next backup
+ * over-reports rather than misses) and the error says how far it got.
  */
 export async function backupFull(
   pool: Pool,
@@ -57,242 +56,221 @@ export async function backupFull(
   targetSpec: string,
   opts: { overwrite?: boolean; log: Logger; progress?: Progress },
 ): Promise<FullBackupResult> {
-  const target = parseMediaTarget(targetSpec);
+  return dumpFromView(pool, volumeName, targetSpec, opts, {
+    what: 'full backup',
+    plan: (view) => ({
+      source: VolumeChunkSource.allMapped(view, pool.chunkSize, () => 0),
+      fields: { kind: 'full', generationFrom: 0, generationTo: 0, nextGeneration: 1 },
+    }),
+    finish: (viewName, header) =>
+      pool.finishBackupView(volumeName, viewName, { baseStreamUuid: header.streamUuid, throughGeneration: 0 }).then((r) => r.current),
+  });
+}
+
+export interface DiffBackupResult extends FullBackupResult {
+  generationFrom: number;
+  generationTo: number;
+  baseStreamUuid: string;
+}
+
+/**
+ * The scope of a difference backup of `volume` now: generations from..to with to the current generation, from the
+ * one after the last dumped generation of its chain unless `scope` says otherwise (seed 002: a smaller scope merges
+ * several generations into one stream). Refuses a scope that would leave generations out of the chain.
+ */
+export function diffScope(volume: Volume, scope: number | undefined): { from: number; to: number; chain: BackupChain } {
+  const info = volume.info();
+  const chain = info.backupChain;
+  if (!chain) {
+    throw new PoolError(
+      'EINVAL',
+      `volume '${volume.name}' has no full backup to extend: take one first with 'thinvault backup full ${volume.name} --to TARGET'` +
+        (info.kind === 'volume' ? '' : ' (a snapshot or copy starts without a backup chain)'),
+    );
+  }
+  const to = info.generation;
+  const from = scope ?? chain.throughGeneration + 1;
+  if (!Number.isInteger(from) || from < 1) throw new PoolError('EINVAL', `scope ${from}: generations start at 1`);
+  if (from > to) throw new PoolError('EINVAL', `scope ${from} is past the current generation ${to} of '${volume.name}'`);
+  if (from > chain.throughGeneration + 1) {
+    throw new PoolError(
+      'EINVAL',
+      `scope ${from} would leave generation(s) ${chain.throughGeneration + 1}..${from - 1} of '${volume.name}' out of every backup ` +
+        `(the last diff holds up to ${chain.throughGeneration}); use --scope ${chain.throughGeneration + 1} or lower`,
+    );
+  }
+  return { from, to, chain };
+}
+
+/**
+ * `backup diff VOL --to TARGET [--scope K]` (seed 002): from a point-in-time view taken together with the move to
+ * generation G + 1, every chunk whose generation is in K..G with its position, generation, CRC and data. When the
+ * stream is complete and synced, the volume's chain records G as dumped and the view goes, in one record; on a
+ * failure the generation is folded back, so the next diff still holds everything this one should have.
+ */
+export async function backupDiff(
+  pool: Pool,
+  volumeName: string,
+  targetSpec: string,
+  opts: { scope?: number; overwrite?: boolean; log: Logger; progress?: Progress },
+): Promise<DiffBackupResult> {
+  const volume = requireBackupSource(pool, volumeName);
+  let scope = diffScope(volume, opts.scope);
+  const result = await dumpFromView(pool, volumeName, targetSpec, opts, {
+    what: 'difference backup',
+    plan: (view, closedGeneration) => {
+      // the generation may have moved since the check above; the view is what counts
+      scope = diffScope(volume, opts.scope === undefined ? scope.from : opts.scope);
+      scope.to = closedGeneration;
+      if (scope.from > scope.to) throw new PoolError('EINVAL', `scope ${scope.from} is past generation ${scope.to} the backup closed`);
+      const cs = pool.chunkSize;
+      const entries = view.chunksInGenerations(scope.from, scope.to).map((m) => ({ offset: m.chunk * cs, length: cs, generation: m.generation }));
+      return {
+        source: new VolumeChunkSource(view, entries, cs),
+        fields: {
+          kind: 'diff',
+          generationFrom: scope.from,
+          generationTo: scope.to,
+          nextGeneration: scope.to + 1,
+          baseStreamUuid: scope.chain.baseStreamUuid,
+        },
+      };
+    },
+    finish: async (viewName) => {
+      await pool.finishDiffView(volumeName, viewName, { baseStreamUuid: scope.chain.baseStreamUuid, throughGeneration: scope.to });
+      return volume.info().generation;
+    },
+  });
+  return { ...result, generationFrom: scope.from, generationTo: scope.to, baseStreamUuid: scope.chain.baseStreamUuid };
+}
+
+export interface BackupEstimate {
+  volume: string;
+  kind: 'full' | 'diff';
+  generationFrom: number;
+  generationTo: number;
+  records: number;
+  dataBytes: number;
+  /** the stream's exact size in bytes, from the count table (docs/stream-format.md) */
+  bytes: number;
+  chunkSize: number;
+  exact: boolean;
+}
+
+/**
+ * `backup estimate VOL [--scope K | --full]` (seed 002, claim 10): the stream a backup would write now, from the
+ * count table (diff) or the allocation count (full) alone; nothing is read. Exact while the volume does not change.
+ */
+export function estimateBackup(pool: Pool, volumeName: string, opts: { scope?: number; full?: boolean }): BackupEstimate {
+  const volume = requireBackupSource(pool, volumeName);
+  const cs = pool.chunkSize;
+  let kind: BackupEstimate['kind'];
+  let records: number;
+  let from = 0;
+  let to = 0;
+  if (opts.full) {
+    if (opts.scope !== undefined) throw new PoolError('EINVAL', 'a full backup has no scope: give --full or --scope, not both');
+    kind = 'full';
+    records = volume.info().allocatedChunks;
+  } else {
+    kind = 'diff';
+    ({ from, to } = diffScope(volume, opts.scope));
+    records = volume.countInGenerations(from, to);
+  }
+  const layout = streamLayout(records, cs);
+  return { volume: volumeName, kind, generationFrom: from, generationTo: to, records, dataBytes: layout.dataBytes, bytes: layout.totalBytes, chunkSize: cs, exact: true };
+}
+
+function requireBackupSource(pool: Pool, volumeName: string): Volume {
   const volume = pool.volume(volumeName);
-  if (!volume || volume.info().kind === 'internal') throw new PoolError('ENOENT', `no volume named '${volumeName}'`);
+  const kind = volume?.info().kind;
+  if (!volume || kind === 'internal' || kind === 'diff-export') throw new PoolError('ENOENT', `no volume named '${volumeName}'`);
+  return volume;
+}
+
+/** what differs between the kinds of dump made from a point-in-time view */
+interface DumpPlan {
+  what: string;
+  /** the records and the kind-specific header fields, given the view and the generation it closed */
+  plan: (
+    view: Volume,
+    closedGeneration: number,
+  ) => { source: VolumeChunkSource; fields: Pick<StreamFieldsInput, 'kind' | 'generationFrom' | 'generationTo' | 'nextGeneration' | 'baseStreamUuid'> };
+  /** the stream is complete and synced: make that durable and remove the view; resolves the current generation */
+  finish: (viewName: string, header: StreamHeader) => Promise<number>;
+}
+
+/**
+ * The common path of full and difference backups: medium first (a wrong target fails before anything changes),
+ * then the view and the new generation in one step, the stream, and `finish`; on failure the generation is folded
+ * back and the view removed in one record.
+ */
+async function dumpFromView(
+  pool: Pool,
+  volumeName: string,
+  targetSpec: string,
+  opts: { overwrite?: boolean; log: Logger; progress?: Progress },
+  kind: DumpPlan,
+): Promise<FullBackupResult> {
+  const target = parseMediaTarget(targetSpec);
+  const volume = requireBackupSource(pool, volumeName);
   const { lineage, self } = identityOf(pool, volumeName);
   if (backupsRunning.has(volume.uuid)) throw new PoolError('EBUSY', `a backup of '${volumeName}' is already running`);
   backupsRunning.add(volume.uuid);
-  try {
-    return await backupFullOnce(pool, volumeName, target, lineage, self, opts);
-  } finally {
-    backupsRunning.delete(volume.uuid);
-  }
-}
-
-async function backupFullOnce(
-  pool: Pool,
-  volumeName: string,
-  target: ReturnType<typeof parseMediaTarget>,
-  lineage: StreamIdentity,
-  self: StreamIdentity,
-  opts: { overwrite?: boolean; log: Logger; progress?: Progress },
-): Promise<FullBackupResult> {
-  // open the medium first: a wrong target fails before the volume's generation changes
-  const writer = await openWriteStream(target, { overwrite: opts.overwrite });
-  const viewName = `.backup-${randomUUID().slice(0, 8)}`;
-  const started = Date.now();
   let viewMade = false;
+  const viewName = `.backup-${randomUUID().slice(0, 8)}`;
   try {
-    const view = await pool.cloneVolume(volumeName, viewName, {
-      flags: VolumeFlag.HIDDEN | VolumeFlag.READ_ONLY | VolumeFlag.BACKUP_VIEW,
-      advanceSourceGeneration: true,
-    });
-    viewMade = true;
-    const source = VolumeChunkSource.allMapped(pool.volume(viewName)!, pool.chunkSize, () => 0);
-    opts.log.info({ volume: volumeName, target: target.spec, records: source.entries.length, closedGeneration: view.closedGeneration }, 'full backup started');
-    const written = await writeStream({
-      fields: {
-        kind: 'full',
-        origin: lineage,
-        source: self,
-        volumeSize: view.size,
-        chunkSize: pool.chunkSize,
-        generationFrom: 0,
-        generationTo: 0,
-        nextGeneration: 1,
-        managementInfo: EMPTY_MANAGEMENT_INFO,
-      },
-      source,
-      sink: writer,
-      onProgress: opts.progress,
-    });
-    const { fileNumber } = await writer.finish();
-    // the stream is complete and synced: the map restarts at the view, and the view goes, in one record
-    const { current } = await pool.finishBackupView(volumeName, viewName);
-    viewMade = false;
-    const result: FullBackupResult = {
-      volume: volumeName,
-      target: target.spec,
-      file: fileNumber + 1,
-      streamUuid: written.header.streamUuid,
-      records: written.records,
-      bytes: written.bytes,
-      dataBytes: written.header.dataBytes,
-      digest: written.digest,
-      seconds: (Date.now() - started) / 1000,
-      closedGeneration: view.closedGeneration,
-      currentGeneration: current,
-    };
-    opts.log.info(result, 'full backup written');
-    return result;
+    const writer = await openWriteStream(target, { overwrite: opts.overwrite });
+    const started = Date.now();
+    try {
+      const view = await pool.cloneVolume(volumeName, viewName, {
+        flags: VolumeFlag.HIDDEN | VolumeFlag.READ_ONLY | VolumeFlag.BACKUP_VIEW,
+        advanceSourceGeneration: true,
+      });
+      viewMade = true;
+      const { source, fields } = kind.plan(pool.volume(viewName)!, view.closedGeneration);
+      opts.log.info(
+        { volume: volumeName, target: target.spec, records: source.entries.length, closedGeneration: view.closedGeneration, generations: `${fields.generationFrom}..${fields.generationTo}` },
+        `${kind.what} started`,
+      );
+      const written = await writeStream({
+        fields: { ...fields, origin: lineage, source: self, volumeSize: view.size, chunkSize: pool.chunkSize, managementInfo: EMPTY_MANAGEMENT_INFO },
+        source,
+        sink: writer,
+        onProgress: opts.progress,
+      });
+      const { fileNumber } = await writer.finish();
+      const current = await kind.finish(viewName, written.header);
+      viewMade = false;
+      const result: FullBackupResult = {
+        volume: volumeName,
+        target: target.spec,
+        file: fileNumber + 1,
+        streamUuid: written.header.streamUuid,
+        records: written.records,
+        bytes: written.bytes,
+        dataBytes: written.header.dataBytes,
+        digest: written.digest,
+        seconds: (Date.now() - started) / 1000,
+        closedGeneration: view.closedGeneration,
+        currentGeneration: current,
+      };
+      opts.log.info(result, `${kind.what} written`);
+      return result;
+    } catch (err) {
+      await writer.abort().catch(() => {});
+      throw err;
+    }
   } catch (err) {
-    await writer.abort().catch(() => {});
     if (viewMade) {
       await pool.abandonBackupView(volumeName, viewName).catch(() => {});
       viewMade = false;
     }
-    opts.log.error({ volume: volumeName, target: target.spec, err: (err as Error).message }, 'full backup failed; the generation map is unchanged');
+    opts.log.error({ volume: volumeName, target: target.spec, err: (err as Error).message }, `${kind.what} failed; the generation map is unchanged`);
     throw err;
   } finally {
     if (viewMade) await pool.deleteVolume(viewName, { force: true }).catch(() => {});
-  }
-}
-
-/** A ByteSource that first hands out bytes already read (the header a caller looked at), then the rest. */
-class PrefixedSource implements ByteSource {
-  private prefix: Buffer | null;
-  constructor(
-    prefix: Buffer,
-    private readonly rest: ByteSource,
-  ) {
-    this.prefix = prefix;
-  }
-  async readExact(length: number): Promise<Buffer> {
-    const p = this.prefix;
-    if (p === null) return this.rest.readExact(length);
-    if (length <= p.length) {
-      this.prefix = length === p.length ? null : p.subarray(length);
-      return p.subarray(0, length);
-    }
-    this.prefix = null;
-    const more = await this.rest.readExact(length - p.length);
-    return Buffer.concat([p, more]);
-  }
-}
-
-export interface RestoreOptions {
-  /** a new volume with this name */
-  as?: string;
-  /** an existing volume of the stream's size, replaced as a whole */
-  into?: string;
-  verifyOnly?: boolean;
-  log: Logger;
-  progress?: Progress;
-  /** for messages: where the stream comes from */
-  from: string;
-  /** called with the header before anything changes (extra checks of the caller) */
-  check?: (header: StreamHeader) => void;
-}
-
-export interface RestoreResult {
-  from: string;
-  kind: StreamHeader['kind'];
-  volume: string | null;
-  origin: StreamIdentity;
-  source: StreamIdentity;
-  streamUuid: string;
-  createdAt: string;
-  volumeSize: number;
-  records: number;
-  bytes: number;
-  chunksWritten: number;
-  chunksSkippedAsZero: number;
-  verifyOnly: boolean;
-  seconds: number;
-}
-
-/**
- * Restores one stream from `source`. The data goes into a hidden staging volume while the stream is read, and only
- * when every CRC, the chunk table, the trailer and its digest check out does it become visible: renamed to the new
- * volume (`as`), or swapped into the target (`into`) in one journal record. A bad stream changes nothing.
- */
-export async function restoreStream(pool: Pool, source: ByteSource, opts: RestoreOptions): Promise<RestoreResult> {
-  const started = Date.now();
-  if (!opts.verifyOnly && (opts.as === undefined) === (opts.into === undefined)) {
-    throw new PoolError('EINVAL', 'say where to restore: exactly one of as (a new volume) or into (an existing one)');
-  }
-  if (opts.as !== undefined && pool.volume(opts.as)) throw new PoolError('EEXIST', `a volume named '${opts.as}' exists`);
-  let target: Volume | undefined;
-  if (opts.into !== undefined) {
-    target = pool.volume(opts.into);
-    if (!target || target.info().kind === 'internal') throw new PoolError('ENOENT', `no volume named '${opts.into}'`);
-    if (target.readOnly) throw new PoolError('EPERM', `volume '${opts.into}' is read-only`);
-    if (target.openCount > 0) throw new PoolError('EBUSY', `volume '${opts.into}' is open by ${target.openCount} NBD client(s); disconnect them first`);
-    if (target.heldBy !== null) throw new PoolError('EBUSY', `volume '${opts.into}' is busy: ${target.heldBy}`);
-  }
-  const headBytes = Buffer.from(await source.readExact(HEADER_SIZE));
-  const header = readStreamHeader(headBytes);
-  opts.check?.(header);
-  if (target && target.size !== header.volumeSize) {
-    throw new PoolError('EINVAL', `volume '${opts.into}' is ${target.size} bytes, the stream holds a ${header.volumeSize}-byte volume; restore --as a new volume instead`);
-  }
-  const full = new PrefixedSource(headBytes, source);
-  const summary = (records: number, bytes: number, written: number, skipped: number, volume: string | null): RestoreResult => ({
-    from: opts.from,
-    kind: header.kind,
-    volume,
-    origin: header.origin,
-    source: header.source,
-    streamUuid: header.streamUuid,
-    createdAt: new Date(header.createdAt).toISOString(),
-    volumeSize: header.volumeSize,
-    records,
-    bytes,
-    chunksWritten: written,
-    chunksSkippedAsZero: skipped,
-    verifyOnly: !!opts.verifyOnly,
-    seconds: (Date.now() - started) / 1000,
-  });
-  if (opts.verifyOnly) {
-    const r = await readStream(full, null, { verifyOnly: true, onProgress: opts.progress });
-    opts.log.info({ from: opts.from, records: r.records, bytes: r.bytes }, 'stream verified');
-    return summary(r.records, r.bytes, 0, 0, null);
-  }
-
-  const stagingName = `.restore-${randomUUID().slice(0, 8)}`;
-  if (target) target.heldBy = 'a restore is writing into it';
-  try {
-    await pool.createVolume(stagingName, header.volumeSize, { internal: true });
-    const sink = new VolumeChunkSink(pool.volume(stagingName)!, Buffer.alloc(header.chunkSize));
-    let r;
-    try {
-      r = await readStream(full, sink, { onProgress: opts.progress });
-      await sink.drain();
-    } catch (err) {
-      await sink.drain().catch(() => {});
-      await pool.deleteVolume(stagingName, { force: true }).catch(() => {});
-      throw err;
-    }
-    let name: string;
-    try {
-      if (target) {
-        await pool.replaceVolumeContent(target.name, stagingName);
-        name = target.name;
-      } else {
-        await pool.renameVolume(stagingName, opts.as!, 0, header.origin);
-        name = opts.as!;
-      }
-    } catch (err) {
-      // e.g. the name was taken meanwhile: the verified data is not kept under a hidden name
-      await pool.deleteVolume(stagingName, { force: true }).catch(() => {});
-      throw err;
-    }
-    const result = summary(r.records, r.bytes, sink.chunksWritten, sink.chunksSkipped, name);
-    opts.log.info(result, 'stream restored');
-    return result;
-  } finally {
-    if (target) target.heldBy = null;
-  }
-}
-
-/** `restore --from TARGET`: one stream from a medium (tap/tape: file `#N`, or the only one). */
-export async function restoreFromMedia(pool: Pool, targetSpec: string, opts: Omit<RestoreOptions, 'from'>): Promise<RestoreResult> {
-  const target = parseMediaTarget(targetSpec);
-  let fileNumber: number | undefined;
-  if ((target.kind === 'tap' || target.kind === 'tape') && target.fileNumber === null) {
-    const files = await listFiles(target, 0);
-    if (files.length === 0) throw new PoolError('ENOENT', `${target.spec} holds no backups`);
-    if (files.length > 1) {
-      throw new PoolError('EINVAL', `${target.spec} holds ${files.length} files; pick one with ${target.spec}#N (see 'thinvault media list ${target.spec}')`);
-    }
-    fileNumber = 0;
-  }
-  const reader = await openReadStream(target, fileNumber);
-  try {
-    return await restoreStream(pool, reader, { ...opts, from: target.spec });
-  } finally {
-    await reader.close().catch(() => {});
+    backupsRunning.delete(volume.uuid);
   }
 }
 

@@ -41,6 +41,11 @@ export interface ReadStreamOptions {
   onProgress?: (doneBytes: number, totalBytes: number) => void;
   /** CRC mismatches described in detail in the error (default 20); all are counted */
   maxReportedMismatches?: number;
+  /**
+   * records of these generations may fail their CRC check without failing the stream (a restore that skips a
+   * damaged generation, `--skip-gen`): they are counted in `damaged` instead
+   */
+  tolerateGenerations?: ReadonlySet<number>;
 }
 
 export interface ReadStreamResult {
@@ -50,6 +55,8 @@ export interface ReadStreamResult {
   bytes: number;
   /** SHA-256 stream digest, lower-case hex (verified against the trailer) */
   digest: string;
+  /** tolerated CRC mismatches (tolerateGenerations): generation -> number of damaged records */
+  damaged: Map<number, number>;
 }
 
 function describeRecord(m: CrcMismatch, recordCount: number): string {
@@ -156,12 +163,18 @@ export async function readStream(
 
   const mismatches: CrcMismatch[] = [];
   let mismatchCount = 0;
+  const damaged = new Map<number, number>();
+  const tolerate = opts.tolerateGenerations;
   for (let i = 0; i < n; i++) {
     const stored = crcTable.readUInt32LE(i * CRC_ENTRY_SIZE);
     if (stored === crcs[i]) continue;
+    const entry = chunkTableEntry(table, i);
+    if (tolerate?.has(entry.generation)) {
+      damaged.set(entry.generation, (damaged.get(entry.generation) ?? 0) + 1);
+      continue;
+    }
     mismatchCount++;
     if (mismatches.length < maxReported) {
-      const entry = chunkTableEntry(table, i);
       const streamOffset = recordStreamOffset(layout, i);
       mismatches.push({
         record: i,
@@ -206,7 +219,7 @@ export async function readStream(
     });
   }
   progress(true);
-  return { header, records: n, bytes: pos, digest };
+  return { header, records: n, bytes: pos, digest, damaged };
 }
 
 /** Turns a failed readExact into a StreamError with the position (see ByteSource in io.ts). */

@@ -52,6 +52,16 @@ export class VolumeChunkSource implements ChunkSource {
 /** writes in flight while restoring; each holds a copy of one chunk */
 const STAGING_WRITES_IN_FLIGHT = 8;
 
+export interface VolumeChunkSinkOptions {
+  /**
+   * all-zero records are applied as zeroing (the chunk is unmapped): a diff applied over earlier content, where a
+   * zero record means "became a hole". Without it they are skipped (a full restore into an empty volume).
+   */
+  zeroRecords?: 'skip' | 'unmap';
+  /** records for which this returns false are not applied (counted in chunksFiltered) */
+  accept?: (entry: StreamEntry) => boolean;
+}
+
 /**
  * Writes restored chunks into a (staging) volume. All-zero chunks are not written, so restored volumes stay thin;
  * up to 8 writes run at once. Call `drain()` before committing.
@@ -61,23 +71,40 @@ export class VolumeChunkSink implements ChunkSink {
   private readonly spare: Buffer[] = [];
   private failure: unknown = null;
   chunksWritten = 0;
+  /** all-zero records not written (zeroRecords 'skip') */
   chunksSkipped = 0;
+  /** all-zero records applied by unmapping (zeroRecords 'unmap') */
+  chunksUnmapped = 0;
+  /** records refused by `accept` */
+  chunksFiltered = 0;
 
   constructor(
     private readonly volume: Volume,
     private readonly zeros: Buffer,
+    private readonly opts: VolumeChunkSinkOptions = {},
   ) {}
 
   async writeChunk(entry: StreamEntry, data: Buffer): Promise<void> {
     if (this.failure !== null) throw this.failure;
+    if (this.opts.accept && !this.opts.accept(entry)) {
+      this.chunksFiltered++;
+      return;
+    }
     const length = Math.min(entry.length, this.volume.size - entry.offset);
     const payload = data.subarray(0, length);
-    if (payload.equals(this.zeros.subarray(0, length))) {
+    const allZero = payload.equals(this.zeros.subarray(0, length));
+    if (allZero && this.opts.zeroRecords !== 'unmap') {
       this.chunksSkipped++;
       return;
     }
     while (this.inFlight.size >= STAGING_WRITES_IN_FLIGHT) await Promise.race(this.inFlight);
     if (this.failure !== null) throw this.failure;
+    if (allZero) {
+      this.track(this.volume.zero(entry.offset, length, { noHole: false, fua: false }).then(() => {
+        this.chunksUnmapped++;
+      }));
+      return;
+    }
     const copy = this.spare.pop() ?? Buffer.allocUnsafe(data.length);
     payload.copy(copy);
     const p: Promise<void> = this.volume
@@ -94,6 +121,15 @@ export class VolumeChunkSink implements ChunkSink {
         this.inFlight.delete(p);
         this.spare.push(copy);
       });
+    this.inFlight.add(p);
+  }
+
+  private track(op: Promise<void>): void {
+    const p: Promise<void> = op
+      .catch((err) => {
+        this.failure ??= err;
+      })
+      .finally(() => this.inFlight.delete(p));
     this.inFlight.add(p);
   }
 

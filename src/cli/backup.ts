@@ -1,24 +1,42 @@
 /** `backup`, `restore`, `media` and `replica` subcommands. */
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { addClientOptions, runClientCommand, type ClientOptions } from './client.js';
 import { keyValues, table } from './output.js';
 import { prepareTarget } from './media-target.js';
 import { formatSize } from '../util/size.js';
-import type { FullBackupResult, MediaListEntry, RestoreResult } from '../backup/jobs.js';
+import type { BackupEstimate, DiffBackupResult, FullBackupResult, MediaListEntry } from '../backup/jobs.js';
+import type { RestoreResult } from '../backup/restore.js';
 import type { ReplicaInfo } from '../backup/replica.js';
 
 const TARGET_HELP = 'a file, - (stdout/stdin), tap:PATH[?capacity=SIZE] (SIMH tape image) or tape:/dev/nst0';
 
 function restoreBlock(r: RestoreResult): string {
-  return keyValues([
-    [r.verifyOnly ? 'verified' : 'restored', r.verifyOnly ? `${r.from}: every CRC, the chunk table and the trailer digest are good` : `${r.from} -> volume ${r.volume}`],
-    ['kind', r.kind],
+  const rows: Array<[string, string]> = [
+    [r.verifyOnly ? 'verified' : 'restored', r.verifyOnly ? `${r.from}: lineage, every CRC, the chunk tables and the trailer digests are good` : `${r.from} -> volume ${r.volume}`],
+    ['kind', r.streams.length === 1 ? r.kind : `chain of ${r.streams.length} streams`],
     ['volume', `${r.origin.name} (${r.origin.uuid})`],
     ['taken', r.createdAt],
     ['size', `${formatSize(r.volumeSize)} (${r.volumeSize} bytes)`],
     ['records', `${r.records} (${r.chunksWritten} written, ${r.chunksSkippedAsZero} all-zero chunks left unallocated)`],
     ['stream', `${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s`],
-  ]);
+  ];
+  if (r.streams.length > 1) {
+    for (const [i, s] of r.streams.entries()) rows.push([`stream ${i + 1}`, `${s.from}: ${s.kind}${s.kind === 'diff' ? ` ${s.generations}` : ''}, ${s.records} records`]);
+  }
+  if (r.generation !== null) rows.push(['generation', `${r.generation}${r.backupChain ? ` (chain of full backup ${r.backupChain.baseStreamUuid}, through generation ${r.backupChain.throughGeneration})` : ''}`]);
+  for (const w of r.warnings) rows.push(['WARNING', w]);
+  return keyValues(rows);
+}
+
+/** a generation number option (>= 1) */
+function generation(value: string): number {
+  const n = Number(value);
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1 || n > 0xffff_fffe) throw new InvalidArgumentError(`'${value}' is not a generation number (1..4294967294)`);
+  return n;
+}
+
+function collect<T>(parse: (v: string) => T): (value: string, previous: T[] | undefined) => T[] {
+  return (value, previous) => [...(previous ?? []), parse(value)];
 }
 
 interface RestoreCliOptions extends ClientOptions {
@@ -40,13 +58,13 @@ function restoreArgs(opts: RestoreCliOptions): Record<string, unknown> {
 function addRestoreOptions(cmd: Command): Command {
   return cmd
     .option('--as <NEWVOL>', 'restore into a new thin volume with this name')
-    .option('--into <VOL>', 'replace the content of an existing volume of the same size (refused while it is attached)')
+    .option('--into <VOL>', 'replace the content of an existing volume of the same size, or apply diffs to the volume restored from their chain (refused while attached)')
     .option('--verify-only', 'check every CRC and the trailer digest, change nothing')
     .option('--force', 'with --into: disconnect the NBD clients of VOL first');
 }
 
 export function backupCommands(program: Command): void {
-  const backup = new Command('backup').description('full backups (difference backups come with the generation map)');
+  const backup = new Command('backup').description('full and difference backups (seed 002: generation map)');
   addClientOptions(backup.command('full <VOL>').description('snapshot VOL, write a compacted full stream of it, restart its generation map'))
     .requiredOption('--to <TARGET>', TARGET_HELP)
     .option('--overwrite', 'replace a file that holds data / start a tape image over (default for tapes: append)')
@@ -64,16 +82,62 @@ export function backupCommands(program: Command): void {
         { label: `backup ${volume}`, quiet: opts.json && !toStdout, resultToStderr: toStdout, around: target.relay },
       );
     });
+  addClientOptions(backup.command('diff <VOL>').description('write the chunks changed in generations K..G (G current) and move VOL to G+1'))
+    .requiredOption('--to <TARGET>', TARGET_HELP)
+    .option('--scope <K>', 'first generation to include (default: the one after the last diff, i.e. what changed since the last backup)', generation)
+    .option('--overwrite', 'replace a file that holds data / start a tape image over (default for tapes: append)')
+    .action((volume: string, opts: ClientOptions & { to: string; scope?: number; overwrite?: boolean }) => {
+      const target = prepareTarget(opts.to, 'out');
+      const toStdout = opts.to === '-';
+      const args: Record<string, unknown> = { volume, to: target.spec, overwrite: toStdout || (opts.overwrite ?? false) };
+      if (opts.scope !== undefined) args.scope = opts.scope;
+      return runClientCommand<DiffBackupResult>(
+        opts,
+        'backup.diff',
+        args,
+        (r) =>
+          `difference backup of ${r.volume}, generations ${r.generationFrom}..${r.generationTo}, written to ${toStdout ? 'standard output' : r.target}` +
+          `${r.target.startsWith('tap:') || r.target.startsWith('tape:') ? ` (file #${r.file})` : ''}: ` +
+          `${r.records} chunks, ${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s; now generation ${r.currentGeneration}`,
+        { label: `diff ${volume}`, quiet: opts.json && !toStdout, resultToStderr: toStdout, around: target.relay },
+      );
+    });
+  addClientOptions(backup.command('estimate <VOL>').description('exact size of the next diff (or --full) stream, from the count table, without reading data'))
+    .option('--scope <K>', 'first generation to include (as backup diff)', generation)
+    .option('--full', 'estimate a full backup instead')
+    .action((volume: string, opts: ClientOptions & { scope?: number; full?: boolean }) => {
+      const args: Record<string, unknown> = { volume };
+      if (opts.scope !== undefined) args.scope = opts.scope;
+      if (opts.full) args.full = true;
+      return runClientCommand<BackupEstimate>(opts, 'backup.estimate', args, (r) =>
+        keyValues([
+          ['volume', r.volume],
+          ['kind', r.kind === 'diff' ? `diff of generations ${r.generationFrom}..${r.generationTo}` : 'full'],
+          ['records', `${r.records} chunks of ${formatSize(r.chunkSize)} (${formatSize(r.dataBytes)} of data)`],
+          ['stream size', `${r.bytes} bytes (${formatSize(r.bytes)}), ${r.exact ? 'exact' : 'upper bound'}`],
+        ]),
+      );
+    });
   program.addCommand(backup);
 
-  addRestoreOptions(addClientOptions(program.command('restore').description('restore a backup stream; nothing changes unless all of it verifies')))
-    .requiredOption('--from <TARGET>', `${TARGET_HELP}; a tape with several backups needs #N (see media list)`)
-    .action((opts: RestoreCliOptions & { from: string }) => {
-      const target = prepareTarget(opts.from, 'in');
-      return runClientCommand<RestoreResult>(opts, 'restore', { from: target.spec, ...restoreArgs(opts) }, restoreBlock, {
+  addRestoreOptions(
+    addClientOptions(
+      program
+        .command('restore')
+        .description('restore a stream, or a full backup and its diffs (oldest first); nothing changes unless the lineage and every CRC check out'),
+    ),
+  )
+    .requiredOption('--from <TARGET>', `${TARGET_HELP}; a tape with several backups needs #N (see media list); repeat for a chain: --from FULL --from DIFF1 ...`, collect(String))
+    .option('--skip-gen <N>', 'do not restore generation N from a stream where it is damaged (repeatable); warns which ranges stay older', collect(generation))
+    .action((opts: RestoreCliOptions & { from: string[]; skipGen?: number[] }) => {
+      if (opts.from.filter((f) => f === '-').length > 1) throw new InvalidArgumentError('only one --from can be - (standard input)');
+      const targets = opts.from.map((f) => prepareTarget(f, 'in'));
+      const args: Record<string, unknown> = { from: targets.map((t) => t.spec), ...restoreArgs(opts) };
+      if (opts.skipGen) args.skipGenerations = opts.skipGen;
+      return runClientCommand<RestoreResult>(opts, 'restore', args, restoreBlock, {
         label: 'restore',
         quiet: opts.json,
-        around: target.relay,
+        around: targets.find((t) => t.relay)?.relay,
       });
     });
 

@@ -11,6 +11,25 @@ const STATE_ZERO = 2;
 const BASE_ALLOCATION = 'base:allocation';
 const MAX_PAYLOAD = 32 * 1024 * 1024;
 
+/**
+ * `qemu:dirty-bitmap:since-K` (K >= 1, decimal, no sign or leading zeros): flag 1 (qemu's NBD_STATE_DIRTY) on the
+ * bytes of chunks whose generation is >= K, i.e. changed in generation K or later. Generations are u32.
+ */
+const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:since-';
+const DIRTY_BITMAP_NAME = /^qemu:dirty-bitmap:since-([1-9][0-9]{0,9})$/;
+const STATE_DIRTY = 1;
+const MAX_GENERATION = 0xffff_ffff;
+/** LIST shows since-K for the most recent generations only (any K is accepted by name) */
+const LISTED_DIRTY_BITMAPS = 64;
+
+/** K of a `qemu:dirty-bitmap:since-K` name, or undefined when `name` is not one. */
+export function dirtyBitmapGeneration(name: string): number | undefined {
+  const m = DIRTY_BITMAP_NAME.exec(name);
+  if (m === null) return undefined;
+  const k = Number(m[1]);
+  return k <= MAX_GENERATION ? k : undefined;
+}
+
 export class VolumeExport implements Export {
   /** read-only snapshots: advertised to the client, and the volume answers writes with EPERM regardless */
   readonly readOnly: boolean;
@@ -59,11 +78,27 @@ export class VolumeExport implements Export {
   async cache(): Promise<void> {
     // The data file lives in the page cache already; prefetching would only compete with real reads.
   }
+  acceptsMetaContext(name: string): boolean {
+    return dirtyBitmapGeneration(name) !== undefined;
+  }
+  /** since-K for the current generation and up to 63 before it, ascending */
+  listMetaContexts(): string[] {
+    const current = this.volume.info().generation;
+    const names: string[] = [];
+    for (let k = Math.max(1, current - LISTED_DIRTY_BITMAPS + 1); k <= current; k++) names.push(DIRTY_BITMAP_PREFIX + k);
+    return names;
+  }
   async blockStatus(context: string, offset: number, length: number): Promise<Extent[]> {
-    if (context !== BASE_ALLOCATION) throw Object.assign(new Error(`unknown meta context ${context}`), { code: 'EINVAL' });
+    if (context === BASE_ALLOCATION) {
+      return this.volume
+        .allocation(offset, length)
+        .map((e) => ({ length: e.length, flags: e.allocated ? 0 : STATE_HOLE | STATE_ZERO }));
+    }
+    const since = dirtyBitmapGeneration(context);
+    if (since === undefined) throw Object.assign(new Error(`unknown meta context ${context}`), { code: 'EINVAL' });
     return this.volume
-      .allocation(offset, length)
-      .map((e) => ({ length: e.length, flags: e.allocated ? 0 : STATE_HOLE | STATE_ZERO }));
+      .changedExtents(since, offset, length)
+      .map((e) => ({ length: e.length, flags: e.changed ? STATE_DIRTY : 0 }));
   }
 }
 

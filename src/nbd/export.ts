@@ -58,6 +58,19 @@ export interface Export {
   readonly blockSize: BlockSizeConstraints;
   /** meta contexts this export can answer BLOCK_STATUS for, e.g. ['base:allocation'] */
   readonly metaContexts: readonly string[];
+  /**
+   * Optional, for a family of contexts too large to list in `metaContexts` (e.g. one per generation): true when
+   * `name` (an exact name a client asked for; never a bare namespace) is one this export answers BLOCK_STATUS
+   * for although `metaContexts` does not hold it. Asked on SET_META_CONTEXT and for exact LIST_META_CONTEXT
+   * queries, with the export open; it must be cheap and must not throw.
+   */
+  acceptsMetaContext?(name: string): boolean;
+  /**
+   * Optional: a short selection of such names (each one `acceptsMetaContext` accepts) to show in
+   * LIST_META_CONTEXT answers without a query or with a namespace query; computed per call, so it may change
+   * over the export's life. Keep it bounded (tens of names).
+   */
+  listMetaContexts?(): readonly string[];
 
   /**
    * Fill `buf` with `buf.length` bytes from `offset`. Ranges listed in the returned HoleList read as zero and
@@ -72,8 +85,9 @@ export interface Export {
   /** prefetch hint; may do nothing */
   cache(offset: number, length: number): Promise<void>;
   /**
-   * Extents for `context` starting exactly at `offset`, covering at least 1 byte and at most `length` bytes
-   * (more than one extent is fine; the caller truncates when REQ_ONE is set).
+   * Extents for `context` (one of `metaContexts`, or a name `acceptsMetaContext` accepted) starting exactly at
+   * `offset`, covering at least 1 byte and at most `length` bytes (more than one extent is fine; the caller
+   * truncates when REQ_ONE is set).
    */
   blockStatus(context: string, offset: number, length: number): Promise<Extent[]>;
 }

@@ -189,12 +189,31 @@ function parseMetaContextRequest(payload: Buffer): Parsed<MetaContextRequest> {
   return { ok: true, value: { exportName, queries } };
 }
 
-/** The contexts an export answers block status for: base:allocation always, plus its own. */
+/** The contexts an export lists and answers block status for: base:allocation always, plus its own. */
 function availableContexts(exp: Export): string[] {
   const names = [NBD_META_CONTEXT_BASE_ALLOCATION];
   for (const name of exp.metaContexts) if (!names.includes(name)) names.push(name);
   return names;
 }
+
+/** What LIST shows for a bare or namespace query: the available contexts, then the export's listed selection. */
+function listedContexts(exp: Export, available: readonly string[]): string[] {
+  const names = [...available];
+  for (const name of exp.listMetaContexts?.() ?? []) if (!names.includes(name)) names.push(name);
+  return names;
+}
+
+/** An exact name the export answers for although it is not in its static list (Export.acceptsMetaContext). */
+function acceptsExtra(exp: Export, name: string): boolean {
+  return !name.endsWith(':') && exp.acceptsMetaContext?.(name) === true;
+}
+
+/**
+ * Most contexts one SET_META_CONTEXT may select: every block status request computes one extent list per
+ * selected context, so a client asking for thousands of names (an export may accept a whole family) must not
+ * multiply that work. More are refused with NBD_REP_ERR_TOO_BIG.
+ */
+export const MAX_SELECTED_META_CONTEXTS = 64;
 
 /** LIST semantics: "ns:" (or any query ending in a colon) is a wildcard for everything under it. */
 function matchesListQuery(context: string, query: string): boolean {
@@ -467,26 +486,35 @@ class Handshake {
     if (!parsed.ok) return this.invalid(option, parsed.why);
     const opened = this.open(parsed.value.exportName);
     if (opened === undefined) return this.reply(option, NBD_REP_ERR_UNKNOWN, 'no such export');
-    let available: string[];
+    const { queries } = parsed.value;
+    // every name is worked out while the export is open; the replies go out after it is released
+    const names = new Set<string>();
     try {
-      available = availableContexts(opened.handle.export);
+      const exp = opened.handle.export;
+      const available = availableContexts(exp);
+      if (!isSet) {
+        const listed = listedContexts(exp, available);
+        for (const ctx of listed) if (queries.length === 0 || queries.some((q) => matchesListQuery(ctx, q))) names.add(ctx);
+      } else {
+        // SET: only exact names select; wildcards ("base:") select nothing, as the spec asks
+        for (const ctx of available) if (queries.includes(ctx)) names.add(ctx);
+      }
+      // exact names the export answers for but does not list in full
+      for (const q of queries) if (!names.has(q) && acceptsExtra(exp, q)) names.add(q);
     } finally {
       opened.handle.release();
     }
-    const { queries } = parsed.value;
 
     if (!isSet) {
-      const matches =
-        queries.length === 0 ? available : available.filter((ctx) => queries.some((q) => matchesListQuery(ctx, q)));
-      for (const name of matches) await this.reply(option, NBD_REP_META_CONTEXT, metaContextReply(0, name));
+      for (const name of names) await this.reply(option, NBD_REP_META_CONTEXT, metaContextReply(0, name));
       return this.reply(option, NBD_REP_ACK);
     }
 
-    // SET: only exact names select; wildcards ("base:") select nothing, as the spec asks
-    const selected: MetaContext[] = [];
-    for (const name of available) {
-      if (queries.includes(name)) selected.push({ id: selected.length + 1, name });
+    if (names.size > MAX_SELECTED_META_CONTEXTS) {
+      this.log.warn({ asked: names.size, max: MAX_SELECTED_META_CONTEXTS }, 'too many meta contexts asked for');
+      return this.reply(option, NBD_REP_ERR_TOO_BIG, `at most ${MAX_SELECTED_META_CONTEXTS} meta contexts can be selected`);
     }
+    const selected: MetaContext[] = [...names].map((name, i) => ({ id: i + 1, name }));
     for (const ctx of selected) await this.reply(option, NBD_REP_META_CONTEXT, metaContextReply(ctx.id, ctx.name));
     await this.reply(option, NBD_REP_ACK);
     this.metaContextExport = opened.name;

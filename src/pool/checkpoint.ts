@@ -12,6 +12,7 @@ import {
   CHECKPOINT_MAGIC,
   CHECKPOINT_VERSION,
   CHECKPOINT_VERSION_V1,
+  CHECKPOINT_VERSION_V2,
   MAX_CHUNKS,
   PAGE_ENTRIES,
   TMP_SUFFIX,
@@ -22,6 +23,7 @@ import {
   writeU64,
 } from './format.js';
 import { PoolMetadata } from './metadata.js';
+import { readBackupChain } from './records.js';
 import type { Page, PagedTable } from './paged-table.js';
 import type { VolumeIdentity, VolumeState } from './volume-state.js';
 import { fsyncDir } from '../util/durable-file.js';
@@ -125,6 +127,12 @@ export function serializeCheckpoint(
     name.copy(buf, o + 46);
     writeIdentity(w, v.source);
     writeIdentity(w, v.origin);
+    const chain = w.reserve(20);
+    chain.buf.fill(0, chain.o, chain.o + 20);
+    if (v.chain) {
+      uuidToBytes(v.chain.baseStreamUuid).copy(chain.buf, chain.o);
+      chain.buf.writeUInt32LE(v.chain.throughGeneration, chain.o + 16);
+    }
     writeTable(w, v.map, v.id, writtenMaps);
     writeTable(w, v.gens.entries, v.id, writtenGens);
   }
@@ -237,8 +245,10 @@ export function readCheckpointFile(dir: string, epoch: number, poolUuid: string,
   if (buf.readUInt32LE(0) !== CHECKPOINT_MAGIC) bad('bad magic');
   if ((native.crc32c(buf.subarray(0, 60)) >>> 0) !== buf.readUInt32LE(60)) bad('bad header CRC');
   const version = buf.readUInt16LE(4);
-  if (version !== CHECKPOINT_VERSION && version !== CHECKPOINT_VERSION_V1) bad(`unsupported version ${version}`);
-  const v2 = version === CHECKPOINT_VERSION;
+  if (version !== CHECKPOINT_VERSION && version !== CHECKPOINT_VERSION_V2 && version !== CHECKPOINT_VERSION_V1) bad(`unsupported version ${version}`);
+  /** v2 added flags, identities and shared pages; v3 the backup chain */
+  const v2 = version >= CHECKPOINT_VERSION_V2;
+  const v3 = version >= CHECKPOINT_VERSION;
   if (readU64(buf, 8) !== epoch) bad(`epoch ${readU64(buf, 8)} does not match the file name`);
   if (bytesToUuid(buf, 24) !== poolUuid.toLowerCase()) bad('belongs to another pool');
   if (buf.readUInt32LE(40) !== chunkSize) bad(`chunk size ${buf.readUInt32LE(40)} differs from pool.json`);
@@ -272,6 +282,11 @@ export function readCheckpointFile(dir: string, epoch: number, poolUuid: string,
     if (v2) {
       [v.source, o] = readIdentity(body, o, bad);
       [v.origin, o] = readIdentity(body, o, bad);
+    }
+    if (v3) {
+      if (o + 20 > body.length) bad('truncated backup chain');
+      v.chain = readBackupChain(body, o);
+      o += 20;
     }
     o = readTable(body, o, v.map, v.chunks, MAX_CHUNKS, `volume ${name} mapping table`, { earlier: tables, allowShared: v2 });
     o = readTable(body, o, v.gens.entries, v.chunks, 0xffff_ffff, `volume ${name} generation map`, { earlier: genTables, allowShared: v2 });

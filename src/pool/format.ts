@@ -47,12 +47,15 @@ export const RecordType = {
   VOLUME_REPLACE: 13,
   VOLUME_ORIGIN: 14,
   GEN_FOLD: 15,
+  BACKUP_CHAIN: 16,
 } as const;
 export type RecordTypeCode = (typeof RecordType)[keyof typeof RecordType];
 
 // ---- checkpoint ----
 export const CHECKPOINT_MAGIC = 0x4b435654; // "TVCK"
-export const CHECKPOINT_VERSION = 2;
+export const CHECKPOINT_VERSION = 3;
+/** checkpoints before backup chains (no chain field per volume) are still read */
+export const CHECKPOINT_VERSION_V2 = 2;
 /** checkpoints of this version (before snapshots: no flags, identities or shared pages) are still read */
 export const CHECKPOINT_VERSION_V1 = 1;
 export const CHECKPOINT_HEADER_SIZE = 64;

@@ -7,6 +7,6 @@ export { PoolError } from './errors.js';
 export type { PoolErrorCode } from './errors.js';
 export type { RecoveryReport } from './recovery.js';
 export { VolumeFlag } from './volume-state.js';
-export type { VolumeIdentity } from './volume-state.js';
+export type { BackupChain, VolumeIdentity } from './volume-state.js';
 export type { CloneOptions, CopyProgress } from './pool.js';
 export type { VolumeKind } from './volume.js';

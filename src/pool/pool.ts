@@ -33,9 +33,13 @@ import { PoolLock } from './lock.js';
 import { PoolMetadata } from './metadata.js';
 import type { Page } from './paged-table.js';
 import {
+  REPLACE_WITH_GENERATIONS,
+  appendBackupChain,
   appendGenFold,
   appendGenRebase,
+  appendGenReset,
   appendGenSet,
+  appendMark,
   appendVolumeClone,
   appendVolumeCreate,
   appendVolumeDelete,
@@ -47,7 +51,7 @@ import {
 } from './records.js';
 import { type RecoveryReport, recoverMetadata, removeOlderEpochs } from './recovery.js';
 import { Volume, type VolumeInfo } from './volume.js';
-import { VolumeFlag, type VolumeIdentity, type VolumeState } from './volume-state.js';
+import { VolumeFlag, type BackupChain, type VolumeIdentity, type VolumeState } from './volume-state.js';
 
 export interface CloneOptions {
   /** VolumeFlag bits of the new volume */
@@ -506,9 +510,10 @@ export class Pool {
   /**
    * Restore commit: `targetName` takes over the content of `stagingName` (same size), which disappears, in one
    * journal record. The target keeps its identity; every chunk mapped before or after is marked changed in its
-   * current generation. Refused while the target is open.
+   * current generation, or, `withGenerations`, the target takes the staging volume's generation map, current
+   * generation and backup chain (the restore of a backup chain). Refused while the target is open.
    */
-  replaceVolumeContent(targetName: string, stagingName: string): Promise<VolumeInfo> {
+  replaceVolumeContent(targetName: string, stagingName: string, opts: { withGenerations?: boolean } = {}): Promise<VolumeInfo> {
     return this.serialized(async () => {
       const target = this.requireVolume(targetName);
       const staging = this.requireVolume(stagingName);
@@ -517,8 +522,10 @@ export class Pool {
         throw new PoolError('EINVAL', `volume '${targetName}' (${target.size} bytes) and '${stagingName}' (${staging.size} bytes) differ in size`);
       }
       const seq = await target.quiesce(() => {
-        const recordSeq = appendVolumeReplace(this.journal, target.state.id, staging.state.id);
-        target.state.takeContentFrom(staging.state);
+        const withGenerations = opts.withGenerations === true;
+        const recordSeq = appendVolumeReplace(this.journal, target.state.id, staging.state.id, withGenerations ? REPLACE_WITH_GENERATIONS : 0);
+        if (withGenerations) target.state.takeAllFrom(staging.state);
+        else target.state.takeContentFrom(staging.state);
         this.meta.removeVolume(staging.state);
         this.volumes.delete(staging.state.id);
         this.releaseDropped(recordSeq);
@@ -534,8 +541,8 @@ export class Pool {
    * record, chunks unchanged since the view become generation 0, later changes are renumbered from 1 (seed 002),
    * and the view is removed.
    */
-  finishBackupView(name: string, viewName: string): Promise<{ current: number }> {
-    return this.endBackupView(name, viewName, true);
+  finishBackupView(name: string, viewName: string, chain?: BackupChain): Promise<{ current: number }> {
+    return this.endBackupView(name, viewName, true, chain);
   }
 
   /**
@@ -546,23 +553,29 @@ export class Pool {
     return this.endBackupView(name, viewName, false);
   }
 
-  private endBackupView(name: string, viewName: string, done: boolean): Promise<{ current: number }> {
+  private endBackupView(name: string, viewName: string, done: boolean, chain?: BackupChain): Promise<{ current: number }> {
     return this.serialized(async () => {
       const volume = this.requireVolume(name);
       const view = this.requireVolume(viewName);
       if (!view.state.has(VolumeFlag.BACKUP_VIEW) || view.state.source?.uuid !== volume.uuid) {
         throw new PoolError('EINVAL', `'${viewName}' is not a backup view of '${name}'`);
       }
-      const seq = await volume.quiesce(() => this.endBackupViewNow(volume.state, view.state, done));
+      const seq = await volume.quiesce(() => this.endBackupViewNow(volume.state, view.state, done, chain));
       await this.journal.waitDurable(seq);
       return { current: volume.state.gens.current };
     });
   }
 
   /** the synchronous step of endBackupView (also used at open for views a crash left behind) */
-  private endBackupViewNow(st: VolumeState, view: VolumeState, done: boolean): number {
+  private endBackupViewNow(st: VolumeState, view: VolumeState, done: boolean, chain?: BackupChain): number {
     const closed = view.gens.current;
     let seq: number;
+    if (done && chain) {
+      // the new chain first: should the rebase record be lost to a crash, the map still over-reports against the
+      // new base (safe), while a rebased map under the old chain would under-report against the old one
+      st.chain = chain;
+      appendBackupChain(this.journal, st.id, chain);
+    }
     if (done) {
       seq = appendGenRebase(this.journal, st.id, closed, st.gens.current, view.id);
       st.gens.rebase(closed);
@@ -583,6 +596,74 @@ export class Pool {
    */
   private markPendingUntil(st: VolumeState, seq: number): void {
     for (const c of st.pendingMarks.keys()) st.pendingMarks.set(c, seq);
+  }
+
+  /**
+   * A difference backup from `viewName` (a BACKUP_VIEW or DIFF_EXPORT view of `name`) is done: in one record the
+   * volume's chain moves on to `throughGeneration` (when it is still the chain `baseStreamUuid`; a full backup
+   * taken meanwhile started a new one) and the view is removed. No renumbering: the generations after the view
+   * are already later ones.
+   */
+  finishDiffView(name: string | null, viewName: string, chain: BackupChain | null): Promise<void> {
+    return this.serialized(async () => {
+      const view = this.requireVolume(viewName);
+      const volume = name === null ? undefined : this.requireVolume(name);
+      if (volume && view.state.source?.uuid !== volume.uuid) throw new PoolError('EINVAL', `'${viewName}' is not a view of '${name}'`);
+      const st = volume?.state;
+      let next: BackupChain | null = st?.chain ?? null;
+      if (st && chain && st.chain?.baseStreamUuid === chain.baseStreamUuid) {
+        next = { baseStreamUuid: chain.baseStreamUuid, throughGeneration: Math.max(st.chain.throughGeneration, chain.throughGeneration) };
+      }
+      let seq: number;
+      if (st) {
+        st.chain = next;
+        seq = appendBackupChain(this.journal, st.id, next, view.state.id);
+      } else {
+        seq = appendVolumeDelete(this.journal, view.state.id);
+      }
+      this.meta.removeVolume(view.state);
+      this.volumes.delete(view.state.id);
+      this.releaseDropped(seq);
+      await this.journal.waitDurable(seq);
+    });
+  }
+
+  /**
+   * Restore staging: gives volume `name` the generation map a restored chain leaves (each chunk the generation of
+   * the record that last wrote it, 0 for the rest), the current generation and the backup chain, durably. Meant for
+   * a hidden staging volume nobody writes to; `marks` is [chunk, generation] pairs in ascending chunk order.
+   */
+  setRestoredGenerations(name: string, marks: ReadonlyArray<readonly [number, number]>, current: number, chain: BackupChain | null): Promise<void> {
+    return this.serialized(async () => {
+      const volume = this.requireVolume(name);
+      const st = volume.state;
+      if (!Number.isInteger(current) || current < 1 || current > 0xffff_ffff) throw new PoolError('EINVAL', `bad generation ${current}`);
+      let last = -1;
+      for (const [c, g] of marks) {
+        if (!Number.isInteger(c) || c <= last || c >= st.chunks) throw new PoolError('EINVAL', `chunk ${c} out of order or outside volume ${name}`);
+        if (!Number.isInteger(g) || g < 0 || g >= current) throw new PoolError('EINVAL', `chunk ${c}: generation ${g} is not below the current ${current}`);
+        last = c;
+      }
+      const seq = await volume.quiesce(() => {
+        appendGenReset(this.journal, st.id);
+        st.gens.reset();
+        for (let i = 0; i < marks.length; ) {
+          const [first, g] = marks[i];
+          let j = i + 1;
+          while (j < marks.length && marks[j][1] === g && marks[j][0] === first + (j - i) && j - i < 65536) j++;
+          if (g !== 0) {
+            appendMark(this.journal, st.id, first, j - i, g);
+            for (let c = first; c < first + (j - i); c++) st.gens.set(c, g);
+          }
+          i = j;
+        }
+        st.gens.current = current;
+        appendGenSet(this.journal, st.id, current);
+        st.chain = chain;
+        return appendBackupChain(this.journal, st.id, chain);
+      });
+      await this.journal.waitDurable(seq);
+    });
   }
 
   /** Progress of the background copies (`volume copy`), running or finished in this run. */

@@ -6,7 +6,7 @@ import { PoolError } from './errors.js';
 import { RecordType, bytesToUuid, readU64, uuidToBytes, writeU64, MAX_CHUNKS } from './format.js';
 import type { JournalWriter, ScannedRecord } from './journal.js';
 import type { PoolMetadata } from './metadata.js';
-import type { VolumeIdentity, VolumeState } from './volume-state.js';
+import type { BackupChain, VolumeIdentity, VolumeState } from './volume-state.js';
 
 export function appendVolumeCreate(j: JournalWriter, v: VolumeState): number {
   const name = Buffer.from(v.name, 'utf8');
@@ -155,12 +155,42 @@ export function appendVolumeRename(j: JournalWriter, vol: number, name: string):
   return j.end();
 }
 
-/** VOLUME_REPLACE: `target` takes over the content of `staging`, which is removed (restore commit) */
-export function appendVolumeReplace(j: JournalWriter, target: number, staging: number): number {
-  const o = j.begin(RecordType.VOLUME_REPLACE, 8);
+/** VOLUME_REPLACE flag: the target also takes the staging volume's generation map and backup chain */
+export const REPLACE_WITH_GENERATIONS = 1;
+
+/**
+ * VOLUME_REPLACE: `target` takes over the content of `staging`, which is removed (restore commit). Without flags
+ * the replaced chunks count as changed in the target's current generation; with REPLACE_WITH_GENERATIONS the
+ * target takes the staging volume's generation map and chain too (a restored backup chain).
+ */
+export function appendVolumeReplace(j: JournalWriter, target: number, staging: number, flags = 0): number {
+  const o = j.begin(RecordType.VOLUME_REPLACE, flags === 0 ? 8 : 12);
   j.staging.writeUInt32LE(target, o);
   j.staging.writeUInt32LE(staging, o + 4);
+  if (flags !== 0) j.staging.writeUInt32LE(flags, o + 8);
   return j.end();
+}
+
+/**
+ * BACKUP_CHAIN: the volume's backup chain (null: none), and volume `view` (0 = none) removed in the same record: a
+ * difference backup's point-in-time view goes together with the chain step its stream made.
+ */
+export function appendBackupChain(j: JournalWriter, vol: number, chain: BackupChain | null, view = 0): number {
+  const o = j.begin(RecordType.BACKUP_CHAIN, 28);
+  const b = j.staging;
+  b.writeUInt32LE(vol, o);
+  if (chain) uuidToBytes(chain.baseStreamUuid).copy(b, o + 4);
+  else b.fill(0, o + 4, o + 20);
+  b.writeUInt32LE(chain ? chain.throughGeneration : 0, o + 20);
+  b.writeUInt32LE(view, o + 24);
+  return j.end();
+}
+
+/** a chain read from a record or checkpoint: 16 bytes of base stream UUID (zeros = no chain), u32 generation */
+export function readBackupChain(buf: Buffer, o: number): BackupChain | null {
+  let zero = true;
+  for (let i = 0; i < 16; i++) if (buf[o + i] !== 0) zero = false;
+  return zero ? null : { baseStreamUuid: bytesToUuid(buf, o), throughGeneration: buf.readUInt32LE(o + 16) };
 }
 
 /** VOLUME_ORIGIN: the volume's origin identity (a restored volume continues the lineage of its backups) */
@@ -296,7 +326,9 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       const target = volume(buf.readUInt32LE(o));
       const staging = volume(buf.readUInt32LE(o + 4));
       if (target.chunks !== staging.chunks) bad(`volume ${target.name} and ${staging.name} differ in size`);
-      target.takeContentFrom(staging);
+      const flags = length >= 12 ? buf.readUInt32LE(o + 8) : 0;
+      if ((flags & REPLACE_WITH_GENERATIONS) !== 0) target.takeAllFrom(staging);
+      else target.takeContentFrom(staging);
       meta.removeVolume(staging);
       break;
     }
@@ -305,6 +337,13 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       const v = volume(buf.readUInt32LE(o));
       need(21 + buf[o + 20]);
       v.origin = { uuid: bytesToUuid(buf, o + 4), name: buf.toString('utf8', o + 21, o + 21 + buf[o + 20]) };
+      break;
+    }
+    case RecordType.BACKUP_CHAIN: {
+      need(28);
+      volume(buf.readUInt32LE(o)).chain = readBackupChain(buf, o + 4);
+      const view = buf.readUInt32LE(o + 24);
+      if (view !== 0 && meta.volumes.has(view)) meta.removeVolume(meta.volumes.get(view)!);
       break;
     }
     default:

@@ -25,7 +25,22 @@ export const VolumeFlag = {
    * It disappears in the same record that finishes the backup (GEN_REBASE) or undoes its generation (GEN_FOLD).
    */
   BACKUP_VIEW: 64,
+  /**
+   * a difference backup presented as a read-only device for `dd` (`diff export`): a point-in-time view of its
+   * source (`source`) kept until `diff remove`; its current generation is the last one its stream holds
+   */
+  DIFF_EXPORT: 128,
 } as const;
+
+/**
+ * Where a volume stands in a backup chain (seed 002): the full backup stream its generation map counts from, and
+ * the last generation a diff of that chain holds. Set by a full backup (through 0), a diff (through g) and a
+ * restore (the chain of the restored streams); a new diff extends it. Copies do not inherit it.
+ */
+export interface BackupChain {
+  baseStreamUuid: string;
+  throughGeneration: number;
+}
 
 /** the volume a snapshot/copy was made from (seed 003: kept hidden, carried by every backup made of the copy) */
 export interface VolumeIdentity {
@@ -41,6 +56,8 @@ export class VolumeState {
   source: VolumeIdentity | null = null;
   /** the original volume at the root of the copy chain; the lineage identity of backups */
   origin: VolumeIdentity | null = null;
+  /** the backup chain this volume's generation map belongs to, or null (no full backup yet, or a copy) */
+  chain: BackupChain | null = null;
   /**
    * chunk -> seq of the MARK record that set its current generation, while that record may not be durable yet
    * (see commit-rules.ts); pruned after each commit.
@@ -100,6 +117,21 @@ export class VolumeState {
     staging.map.releaseAll();
     const g = this.gens.current;
     for (const c of touched) if (c < this.chunks) this.gens.set(c, g);
+    this.pendingMarks.clear();
+  }
+
+  /**
+   * Restore commit of a backup chain: this volume takes `staging`'s content, generation map, current generation
+   * and backup chain (a restored volume stands where its streams left the original); it keeps its identity.
+   */
+  takeAllFrom(staging: VolumeState): void {
+    this.map.releaseAll();
+    staging.map.shareInto(this.map);
+    staging.map.releaseAll();
+    this.gens.release();
+    staging.gens.shareInto(this.gens);
+    staging.gens.release();
+    this.chain = staging.chain;
     this.pendingMarks.clear();
   }
 

@@ -16,9 +16,9 @@ import {
   appendUnmap,
 } from './records.js';
 import type { JournalWriter } from './journal.js';
-import { VolumeFlag, type VolumeState } from './volume-state.js';
+import { VolumeFlag, type BackupChain, type VolumeState } from './volume-state.js';
 
-export type VolumeKind = 'volume' | 'snapshot' | 'copy' | 'replica' | 'internal';
+export type VolumeKind = 'volume' | 'snapshot' | 'copy' | 'replica' | 'diff-export' | 'internal';
 
 export interface VolumeInfo {
   name: string;
@@ -32,11 +32,14 @@ export interface VolumeInfo {
   readOnly: boolean;
   /** `volume copy` still copying in the background */
   copying: boolean;
+  /** the backup chain the generation map counts from (full backup stream, last generation dumped), or null */
+  backupChain: BackupChain | null;
 }
 
 export function volumeKind(st: VolumeState): VolumeKind {
   if (st.has(VolumeFlag.HIDDEN)) return 'internal';
   if (st.has(VolumeFlag.REPLICA)) return 'replica';
+  if (st.has(VolumeFlag.DIFF_EXPORT)) return 'diff-export';
   if (st.has(VolumeFlag.SNAPSHOT)) return 'snapshot';
   if (st.source !== null) return 'copy';
   return 'volume';
@@ -184,6 +187,7 @@ export class Volume {
       kind: volumeKind(s),
       readOnly: s.has(VolumeFlag.READ_ONLY),
       copying: s.has(VolumeFlag.COPYING),
+      backupChain: s.chain ? { ...s.chain } : null,
     };
   }
 
@@ -778,6 +782,26 @@ export class Volume {
     return this.state.gens.get(chunk);
   }
 
+  /**
+   * Chunks whose generation is in from..to (from >= 1), ascending, mapped or not (a chunk unmapped in that range
+   * became a hole: a difference backup carries it as zeros). The record list of a diff.
+   */
+  chunksInGenerations(from: number, to: number): Array<{ chunk: number; generation: number }> {
+    const st = this.state;
+    const out: Array<{ chunk: number; generation: number }> = [];
+    st.gens.entries.forEachNonZero(0, st.chunks, (chunk, generation) => {
+      if (generation >= from && generation <= to) out.push({ chunk, generation });
+    });
+    return out;
+  }
+
+  /** chunks the generation map counts in generations from..to (the record count of a diff, without a scan) */
+  countInGenerations(from: number, to: number): number {
+    let n = 0;
+    for (const { generation, chunks } of this.state.gens.countTable()) if (generation >= from && generation <= to) n += chunks;
+    return n;
+  }
+
   /** the mapped chunks, ascending, with their generations (a dump's record list) */
   mappedChunks(): Array<{ chunk: number; generation: number }> {
     const st = this.state;
@@ -788,6 +812,44 @@ export class Volume {
 
   changedChunks(fromGeneration: number): number[] {
     return this.state.gens.changedSince(fromGeneration);
+  }
+
+  /**
+   * Block status of "changed in generation >= since" (since >= 1) over [offset, offset + length), cut at the end
+   * of the volume: runs of alike chunks merged, the first run starting exactly at `offset` (which need not be
+   * chunk-aligned), the last one ending at the end of the range. Stops after `maxRuns` runs (the caller asks again
+   * from where it stopped); unchanged stretches skip empty pages of the generation map.
+   */
+  changedExtents(since: number, offset: number, length: number, maxRuns = 65536): Array<{ length: number; changed: boolean }> {
+    const st = this.state;
+    const cs = this.ctx.chunkSize;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset > st.size) {
+      throw new PoolError('EINVAL', `generation query ${offset}+${length} outside volume ${st.name} (${st.size} bytes)`);
+    }
+    if (!Number.isInteger(since) || since < 1) throw new PoolError('EINVAL', `generation ${since} is not >= 1`);
+    const gens = st.gens;
+    const end = offset + Math.min(length, st.size - offset);
+    const endChunk = Math.ceil(end / cs);
+    const out: Array<{ length: number; changed: boolean }> = [];
+    for (let pos = offset; pos < end && out.length < maxRuns; ) {
+      const c = Math.floor(pos / cs);
+      const changed = gens.get(c) >= since;
+      let next = c + 1;
+      if (changed) {
+        while (next < endChunk && gens.get(next) >= since) next++;
+      } else {
+        // only non-zero entries can be >= since: jump from one to the next
+        for (;;) {
+          next = gens.entries.nextWhere(next, endChunk, true);
+          if (next >= endChunk || gens.get(next) >= since) break;
+          next++;
+        }
+      }
+      const runEnd = Math.min(end, next * cs);
+      out.push({ length: runEnd - pos, changed });
+      pos = runEnd;
+    }
+    return out;
   }
 
   /** current -> current + 1, durable before it resolves */

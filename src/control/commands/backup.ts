@@ -1,6 +1,7 @@
 /** Compacted replicas, full backups, restores and media listings (seed 000, 003; docs/stream-format.md). */
 import { z } from 'zod';
-import { backupFull, listMedia, restoreFromMedia, restoreStream } from '../../backup/jobs.js';
+import { backupDiff, backupFull, estimateBackup, listMedia } from '../../backup/jobs.js';
+import { restoreFromMedia, restoreStream } from '../../backup/restore.js';
 import { ReplicaImage, createReplica, deleteReplica, replicaInfo } from '../../backup/replica.js';
 import { ControlError } from '../protocol.js';
 import { defineCommand, volumeNameArg } from '../command.js';
@@ -19,6 +20,8 @@ const restoreTo = {
   verifyOnly: z.boolean().optional(),
   force: z.boolean().optional(),
 };
+
+const generationArg = z.number().int().min(1).max(0xffff_fffe);
 
 function checkRestoreTo(a: { as?: string; into?: string; verifyOnly?: boolean }): void {
   if (a.as !== undefined && a.into !== undefined) throw new ControlError('EINVAL', 'give either as or into, not both');
@@ -79,13 +82,30 @@ export const backupCommands = [
     run: (a, ctx, progress) => backupFull(ctx.pool, a.volume, a.to, { overwrite: a.overwrite, log: ctx.log, progress }),
   }),
   defineCommand({
+    name: 'backup.diff',
+    summary: 'difference backup: the chunks changed in generations K..G from a point-in-time view; the volume moves to G+1',
+    args: z.strictObject({ volume: volumeNameArg, to: targetArg, scope: generationArg.optional(), overwrite: z.boolean().optional() }),
+    run: (a, ctx, progress) => backupDiff(ctx.pool, a.volume, a.to, { scope: a.scope, overwrite: a.overwrite, log: ctx.log, progress }),
+  }),
+  defineCommand({
+    name: 'backup.estimate',
+    summary: 'exact size of the stream a diff (or --full) backup would write now, from the count table alone',
+    args: z.strictObject({ volume: volumeNameArg, scope: generationArg.optional(), full: z.boolean().optional() }),
+    run: (a, ctx) => estimateBackup(ctx.pool, a.volume, { scope: a.scope, full: a.full }),
+  }),
+  defineCommand({
     name: 'restore',
-    summary: 'restore a stream from a medium: verified completely before anything changes',
-    args: z.strictObject({ from: targetArg, ...restoreTo }),
+    summary: 'restore a stream, or a full backup and its diffs in order: lineage and every CRC verified before anything changes',
+    args: z.strictObject({
+      from: z.union([targetArg, z.array(targetArg).min(1).max(1024)]),
+      skipGenerations: z.array(generationArg).max(1024).optional(),
+      ...restoreTo,
+    }),
     run: async (a, ctx, progress) => {
       checkRestoreTo(a);
       if (a.into) await ensureNoClients(ctx, a.into, a.force, 'restore into it');
-      return restoreFromMedia(ctx.pool, a.from, { as: a.as, into: a.into, verifyOnly: a.verifyOnly, log: ctx.log, progress });
+      const from = typeof a.from === 'string' ? [a.from] : a.from;
+      return restoreFromMedia(ctx.pool, from, { as: a.as, into: a.into, verifyOnly: a.verifyOnly, skipGenerations: a.skipGenerations, log: ctx.log, progress });
     },
   }),
   defineCommand({
