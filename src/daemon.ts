@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { Pool } from './pool/index.js';
 import { NbdServer, systemdListenFds } from './nbd/server.js';
 import { PoolExportProvider } from './exports/volume-export.js';
+import { RestoreSessions } from './backup/restore-session.js';
 import { removeOrphanReplicaMetadata } from './backup/replica.js';
 import { ControlServer } from './control/server.js';
 import type { DaemonContext } from './control/command.js';
@@ -57,8 +58,9 @@ export async function startDaemon(opts: ServeOptions): Promise<RunningDaemon> {
   const tls = opts.tls
     ? { cert: fs.readFileSync(opts.tls.certFile), key: fs.readFileSync(opts.tls.keyFile), required: opts.tls.required }
     : undefined;
+  const restoreSessions = new RestoreSessions(pool, log.child({ component: 'restore-export' }));
   const nbd = new NbdServer({
-    provider: new PoolExportProvider(pool, log.child({ component: 'exports' })),
+    provider: new PoolExportProvider(pool, log.child({ component: 'exports' }), restoreSessions),
     logger: log.child({ component: 'nbd' }),
     tls,
     defaultExport: opts.stdioExport,
@@ -73,6 +75,7 @@ export async function startDaemon(opts: ServeOptions): Promise<RunningDaemon> {
     stopping ??= (async () => {
       log.info('shutting down: draining NBD connections');
       await nbd.close();
+      await restoreSessions.close();
       await control?.close();
       await pool.close();
       log.info('pool closed cleanly');
@@ -101,6 +104,7 @@ export async function startDaemon(opts: ServeOptions): Promise<RunningDaemon> {
 
     const context: DaemonContext = {
       pool,
+      restoreSessions,
       log: log.child({ component: 'control' }),
       listeners,
       connections: () => nbd.connections(),

@@ -27,7 +27,7 @@ export const REPLICA_DIR = 'replicas';
 const META_MAGIC = Buffer.from('TVREPLMT', 'latin1');
 
 /** The replica metadata file: magic, header block, u32 record count, CRC table (u32 each), CRC32C of all before. */
-function encodeMeta(header: Buffer, crcs: Uint32Array): Buffer {
+export function encodeMeta(header: Buffer, crcs: Uint32Array): Buffer {
   const body = Buffer.alloc(8 + HEADER_SIZE + 4 + crcs.length * 4 + 4);
   META_MAGIC.copy(body, 0);
   header.copy(body, 8);
@@ -51,12 +51,12 @@ function decodeMeta(buf: Buffer, file: string): { header: StreamHeader; crcs: Ui
   return { header, crcs };
 }
 
-function metaPath(pool: Pool, uuid: string): string {
+export function metaPath(pool: Pool, uuid: string): string {
   return path.join(pool.dir, REPLICA_DIR, `${uuid}.meta`);
 }
 
 /** counts bytes, keeps nothing: the creation pass only needs the CRCs */
-class CountingSink implements ByteSink {
+export class CountingSink implements ByteSink {
   bytes = 0;
   async write(data: Buffer): Promise<void> {
     this.bytes += data.length;
@@ -147,23 +147,30 @@ export class ReplicaImage {
     ];
   }
 
-  /** Loads the metadata and checks it against the replica's (read-only) mapping. */
+  /**
+   * Loads the metadata and checks it against the (read-only) view: a replica's mapped chunks, or a diff export's
+   * chunks in the generations its stream holds.
+   */
   static open(pool: Pool, name: string): ReplicaImage {
     const volume = pool.volume(name);
-    if (!volume || volume.info().kind !== 'replica') throw new PoolError('ENOENT', `no replica named '${name}'`);
+    const kind = volume?.info().kind;
+    if (!volume || (kind !== 'replica' && kind !== 'diff-export')) throw new PoolError('ENOENT', `no replica or diff export named '${name}'`);
     const file = metaPath(pool, volume.uuid);
     let buf: Buffer;
     try {
       buf = fs.readFileSync(file);
     } catch (err) {
-      throw new PoolError('ECORRUPT', `replica '${name}': its metadata ${file} cannot be read: ${(err as Error).message}`);
+      throw new PoolError('ECORRUPT', `${kind} '${name}': its metadata ${file} cannot be read: ${(err as Error).message}`);
     }
     const { header, crcs } = decodeMeta(buf, file);
     const cs = header.chunkSize;
-    const entries = volume.mappedChunks().map((m) => ({ offset: m.chunk * cs, length: cs, generation: 0 }));
+    const entries =
+      kind === 'diff-export'
+        ? volume.chunksInGenerations(header.generationFrom, header.generationTo).map((m) => ({ offset: m.chunk * cs, length: cs, generation: m.generation }))
+        : volume.mappedChunks().map((m) => ({ offset: m.chunk * cs, length: cs, generation: 0 }));
     const meta = encodeStreamMetadata(header, entries, crcs);
     if (!meta.header.equals(buf.subarray(8, 8 + HEADER_SIZE))) {
-      throw new PoolError('ECORRUPT', `replica '${name}': its metadata does not match its chunks (${entries.length} mapped, ${header.recordCount} recorded)`);
+      throw new PoolError('ECORRUPT', `${kind} '${name}': its metadata does not match its chunks (${entries.length} found, ${header.recordCount} recorded)`);
     }
     return new ReplicaImage(volume, header, entries, meta);
   }
@@ -255,7 +262,7 @@ export function removeOrphanReplicaMetadata(pool: Pool, log: Logger): void {
   } catch {
     return;
   }
-  const live = new Set(pool.listVolumes().filter((v) => v.kind === 'replica').map((v) => v.uuid));
+  const live = new Set(pool.listVolumes().filter((v) => v.kind === 'replica' || v.kind === 'diff-export').map((v) => v.uuid));
   for (const n of names) {
     const uuid = n.replace(/\.meta(\.tmp)?$/, '');
     if (n.endsWith('.tmp') || !live.has(uuid)) {

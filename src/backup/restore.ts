@@ -40,6 +40,8 @@ export interface RestoreOptions {
   skipGenerations?: readonly number[];
   log: Logger;
   progress?: Progress;
+  /** called with each stream's header as soon as it is read, before any check of the chain; throw to refuse */
+  onHeader?: (header: StreamHeader) => void;
 }
 
 export interface RestoredStream {
@@ -275,6 +277,7 @@ export async function restoreChain(pool: Pool, origins: readonly StreamOrigin[],
         let header: StreamHeader;
         try {
           header = readStreamHeader(head);
+          opts.onHeader?.(header);
         } catch (err) {
           throw prefixError(err, `stream ${i + 1} (${origin.label})`);
         }

@@ -63,7 +63,7 @@ function addRestoreOptions(cmd: Command): Command {
     .option('--force', 'with --into: disconnect the NBD clients of VOL first');
 }
 
-export function backupCommands(program: Command): void {
+export function backupCommands(program: Command): { restore: Command } {
   const backup = new Command('backup').description('full and difference backups (seed 002: generation map)');
   addClientOptions(backup.command('full <VOL>').description('snapshot VOL, write a compacted full stream of it, restart its generation map'))
     .requiredOption('--to <TARGET>', TARGET_HELP)
@@ -120,16 +120,19 @@ export function backupCommands(program: Command): void {
     });
   program.addCommand(backup);
 
-  addRestoreOptions(
+  const restore: Command = addRestoreOptions(
     addClientOptions(
       program
         .command('restore')
-        .description('restore a stream, or a full backup and its diffs (oldest first); nothing changes unless the lineage and every CRC check out'),
+        .description('restore a stream, or a full backup and its diffs (oldest first); nothing changes unless the lineage and every CRC check out')
+        .enablePositionalOptions(),
     ),
   )
-    .requiredOption('--from <TARGET>', `${TARGET_HELP}; a tape with several backups needs #N (see media list); repeat for a chain: --from FULL --from DIFF1 ...`, collect(String))
+    // not a commander "required" option: the subcommands (restore export|status|remove) do without it
+    .option('--from <TARGET>', `${TARGET_HELP}; a tape with several backups needs #N (see media list); repeat for a chain: --from FULL --from DIFF1 ...`, collect(String))
     .option('--skip-gen <N>', 'do not restore generation N from a stream where it is damaged (repeatable); warns which ranges stay older', collect(generation))
-    .action((opts: RestoreCliOptions & { from: string[]; skipGen?: number[] }) => {
+    .action((opts: RestoreCliOptions & { from?: string[]; skipGen?: number[] }) => {
+      if (!opts.from) throw new InvalidArgumentError("required option '--from <TARGET>' not specified");
       if (opts.from.filter((f) => f === '-').length > 1) throw new InvalidArgumentError('only one --from can be - (standard input)');
       const targets = opts.from.map((f) => prepareTarget(f, 'in'));
       const args: Record<string, unknown> = { from: targets.map((t) => t.spec), ...restoreArgs(opts) };
@@ -201,4 +204,5 @@ export function backupCommands(program: Command): void {
       runClientCommand<RestoreResult>(opts, 'replica.restore', { name, ...restoreArgs(opts) }, restoreBlock, { label: `restore ${name}`, quiet: opts.json }),
   );
   program.addCommand(replica);
+  return { restore };
 }

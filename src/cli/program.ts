@@ -14,6 +14,7 @@ import { addClientOptions, runClientCommand, type ClientOptions } from './client
 import { volumeCommand } from './volume.js';
 import { addVolumeCopyCommands, snapshotCommand } from './snapshot.js';
 import { backupCommands } from './backup.js';
+import { diffCommands } from './diff.js';
 import { table, keyValues } from './output.js';
 
 function sizeOption(value: string): number {
@@ -51,7 +52,10 @@ async function runDaemon(opts: Parameters<typeof startDaemon>[0], banner?: (list
 const program = new Command('thinvault')
   .version(VERSION)
   .description('thin volumes over NBD with generation-tracked difference backups')
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // `restore` has options and subcommands of its own (restore export NAME --pool ...): options after a subcommand
+  // belong to it, which needs positional options at every level above
+  .enablePositionalOptions();
 
 program
   .command('init <POOL>')
@@ -177,7 +181,7 @@ const volumeGroup = volumeCommand();
 addVolumeCopyCommands(volumeGroup);
 program.addCommand(volumeGroup);
 program.addCommand(snapshotCommand());
-backupCommands(program);
+diffCommands(program, backupCommands(program).restore);
 
 program.parseAsync(process.argv).catch((err: Error & { code?: string }) => {
   process.stderr.write(`thinvault: ${err.message}${err.code && !err.code.startsWith('commander') ? ` [${err.code}]` : ''}\n`);

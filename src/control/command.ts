@@ -2,12 +2,15 @@
 import { z } from 'zod';
 import type { Logger } from 'pino';
 import type { Pool } from '../pool/index.js';
+import type { RestoreSessions } from '../backup/restore-session.js';
 import { parseSize } from '../util/size.js';
 
 /** Facts about the running daemon that commands report or act on. */
 export interface DaemonContext {
   readonly pool: Pool;
   readonly log: Logger;
+  /** restore sessions served as write-only NBD exports (`restore export`) */
+  readonly restoreSessions: RestoreSessions;
   /** human-readable listener addresses ("127.0.0.1:10809", "unix:/run/tv.sock", ...) */
   readonly listeners: readonly string[];
   connections(): Array<{ id: number; remote: string; export: string | null; since: string; tls: boolean; requests: number; bytesRead: number; bytesWritten: number }>;

@@ -12,8 +12,9 @@ import { volumeCommands } from './commands/volume.js';
 import { daemonCommands } from './commands/daemon.js';
 import { snapshotCommands } from './commands/snapshot.js';
 import { backupCommands } from './commands/backup.js';
+import { diffCommands } from './commands/diff.js';
 
-export const ALL_COMMANDS: readonly CommandDef[] = [...daemonCommands, ...volumeCommands, ...snapshotCommands, ...backupCommands] as CommandDef[];
+export const ALL_COMMANDS: readonly CommandDef[] = [...daemonCommands, ...volumeCommands, ...snapshotCommands, ...backupCommands, ...diffCommands] as CommandDef[];
 
 /** Error codes of the layers below (pool, media, streams) that reach the client unchanged (docs/control-api.md). */
 const PASSTHROUGH_CODES = new Set([

@@ -4,6 +4,8 @@ import type { Logger } from 'pino';
 import type { Pool, Volume } from '../pool/index.js';
 import { ReplicaImage } from '../backup/replica.js';
 import { ReplicaExport } from './replica-export.js';
+import { RestoreExport } from './restore-export.js';
+import type { RestoreSessions } from '../backup/restore-session.js';
 
 /** NBD base:allocation flags (the values are fixed by the protocol; named here to keep pool types NBD-free) */
 const STATE_HOLE = 1;
@@ -102,23 +104,31 @@ export class VolumeExport implements Export {
   }
 }
 
-/** Serves every volume of a pool under its own name (a replica as its packed image). */
+/**
+ * Serves every volume of a pool under its own name (a replica or diff export as its stream image), and the
+ * restore sessions (write-only pseudo-devices) under theirs.
+ */
 export class PoolExportProvider implements ExportProvider {
   constructor(
     private readonly pool: Pool,
     private readonly log?: Logger,
+    private readonly restoreSessions?: RestoreSessions,
   ) {}
 
   list(): Array<{ name: string; description: string }> {
-    return this.pool.listVolumes().map((v) => ({ name: v.name, description: `thinvault volume ${v.name}` }));
+    const out = this.pool.listVolumes().map((v) => ({ name: v.name, description: `thinvault ${v.kind === 'volume' ? 'volume' : v.kind} ${v.name}` }));
+    for (const s of this.restoreSessions?.list() ?? []) out.push({ name: s.name, description: `thinvault restore export ${s.name}` });
+    return out;
   }
 
   open(name: string): ExportHandle | undefined {
+    const session = this.restoreSessions?.get(name);
+    if (session) return { export: new RestoreExport(session), release: () => {} };
     const volume = this.pool.volume(name);
     // internal volumes (backup views, restore staging) and volumes held by a restore are not served
     if (!volume || volume.info().kind === 'internal' || volume.heldBy !== null) return undefined;
     let exp: Export;
-    if (volume.info().kind === 'replica') {
+    if (volume.info().kind === 'replica' || volume.info().kind === 'diff-export') {
       try {
         exp = new ReplicaExport(ReplicaImage.open(this.pool, name), name);
       } catch (err) {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ControlError } from '../protocol.js';
+import { removeDiffExport } from '../../backup/diff-export.js';
 import { deleteReplica } from '../../backup/replica.js';
 import type { Volume } from '../../pool/index.js';
 import { defineCommand, sizeArg, noArgs, volumeNameArg, type DaemonContext } from '../command.js';
@@ -62,7 +63,10 @@ export const volumeCommands = [
         await ctx.disconnectExport(name);
       }
       // a replica's image metadata goes with it
-      if (ctx.pool.volume(name)!.info().kind === 'replica') await deleteReplica(ctx.pool, name);
+      const kind = ctx.pool.volume(name)!.info().kind;
+      if (kind === 'replica') await deleteReplica(ctx.pool, name);
+      // deleting a diff export is abandoning it: its generations go into the next diff again
+      else if (kind === 'diff-export') await removeDiffExport(ctx.pool, name, { abandon: true, log: ctx.log });
       else await ctx.pool.deleteVolume(name);
       ctx.log.info({ volume: name }, 'volume deleted');
       return { deleted: name };
