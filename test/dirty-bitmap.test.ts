@@ -1,7 +1,8 @@
 /**
  * The `qemu:dirty-bitmap:since-K` meta context through the real daemon and real clients: qemu-io writes in three
  * generations, then nbdinfo, qemu-img (qemu's own dirty-bitmap client path, x-dirty-bitmap) and a raw NBD client
- * read the changes; they must match the chunks written and `thinvault volume generations --map`.
+ * read the changes; they must match the chunks written and `thinvault volume generations --map`. First,
+ * Volume.changedExtents (what the context is built on) against a brute-force model over several map pages.
  */
 import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import {
@@ -15,9 +16,11 @@ import {
   NBD_REP_META_CONTEXT,
   NBD_REPLY_TYPE_BLOCK_STATUS,
 } from '../src/nbd/constants.js';
+import path from 'node:path';
 import { ControlConnection } from './helpers/control-connection.js';
 import { startDaemon, cliJson, tool, type Daemon } from './helpers/daemon.js';
 import { RawClient, metaContextPayload, type OptionReply } from './helpers/nbd-harness.js';
+import { mulberry32, newPool, rmDir } from './pool-helpers.js';
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 180_000 });
 
@@ -333,5 +336,64 @@ describe('NBD meta context qemu:dirty-bitmap:since-K', () => {
       expect(names(ok)).toHaveLength(64);
       c.destroy();
     });
+  });
+});
+
+describe('Volume.changedExtents', () => {
+  it('matches a per-chunk model for random ranges, across generation-map pages, and stops after maxRuns', async () => {
+    const CS = 4096;
+    const CHUNKS = 3 * 1024 + 300; // map pages hold 1024 entries: four pages, the last one partial
+    const size = CHUNKS * CS - 1536; // a partial last chunk
+    const { dir, pool } = await newPool('dirtybitmap', { chunkSize: CS });
+    try {
+      await pool.createVolume('v', size);
+      const vol = pool.volume('v')!;
+      const rnd = mulberry32(2024);
+      const writeChunk = async (c: number): Promise<void> => {
+        const off = c * CS + Math.floor(rnd() * 512);
+        await vol.write(off, Buffer.alloc(Math.min(100, size - off), 7), false);
+      };
+      for (let g = 1; g <= 4; g++) {
+        for (let i = 0; i < 150; i++) await writeChunk(Math.floor(rnd() * CHUNKS));
+        // a dense run across the boundary of pages 1 and 2, rewritten in later generations in part
+        for (let c = 2040 - g * 3; c < 2060; c++) await writeChunk(c);
+        await writeChunk(CHUNKS - 1);
+        if (g < 4) await vol.advanceGeneration();
+      }
+      const model = (k: number, c: number): boolean => vol.chunkGeneration(c) >= k;
+      for (let iter = 0; iter < 400; iter++) {
+        const k = 1 + Math.floor(rnd() * 5);
+        const offset = iter === 0 ? 0 : Math.floor(rnd() * size);
+        const length = iter === 0 ? size : Math.floor(rnd() * (size - offset + 1000)) + 1;
+        const runs = vol.changedExtents(k, offset, length);
+        const end = Math.min(size, offset + length);
+        let pos = offset;
+        let prev: boolean | undefined;
+        for (const r of runs) {
+          expect(r.length).toBeGreaterThan(0);
+          expect(r.changed).not.toBe(prev); // merged: alike runs never follow each other
+          prev = r.changed;
+          for (let c = Math.floor(pos / CS); c * CS < pos + r.length; c++) {
+            if (model(k, c) !== r.changed) expect.fail(`since-${k} ${offset}+${length}: chunk ${c} should be ${model(k, c)}`);
+          }
+          pos += r.length;
+        }
+        expect(pos).toBe(end);
+      }
+      // a bounded number of runs per call: it stops early, exactly at a run boundary
+      const all = vol.changedExtents(1, 0, size);
+      expect(all.length).toBeGreaterThan(10);
+      const some = vol.changedExtents(1, 0, size, 10);
+      expect(some).toEqual(all.slice(0, 10));
+      // nothing is >= a generation not reached yet; offset at the very end gives nothing
+      expect(vol.changedExtents(5, 100, size - 100)).toEqual([{ length: size - 100, changed: false }]);
+      expect(vol.changedExtents(1, size, 10)).toEqual([]);
+      expect(() => vol.changedExtents(0, 0, 10)).toThrow();
+      expect(() => vol.changedExtents(1, size + 1, 10)).toThrow();
+      expect(() => vol.changedExtents(1, -1, 10)).toThrow();
+    } finally {
+      await pool.close();
+      rmDir(path.dirname(dir));
+    }
   });
 });
