@@ -10,6 +10,8 @@ import { listFiles, openWriteStream, parseMediaTarget } from '../media/index.js'
 import { readStreamHeader, streamLayout, HEADER_SIZE, type StreamHeader, type StreamIdentity } from './stream-format.js';
 import { writeStream, type StreamFieldsInput } from './stream-writer.js';
 import { VolumeChunkSource } from './volume-io.js';
+import { GzipSink, gzipBound, isGzip } from './compression.js';
+import zlib from 'node:zlib';
 
 export type Progress = (done: number, total: number) => void;
 
@@ -20,7 +22,11 @@ export interface FullBackupResult {
   file: number;
   streamUuid: string;
   records: number;
+  /** the stream's size */
   bytes: number;
+  /** what the medium holds: the stream, or less when compressed */
+  bytesOnMedium: number;
+  compressed: boolean;
   dataBytes: number;
   digest: string;
   seconds: number;
@@ -54,7 +60,7 @@ export async function backupFull(
   pool: Pool,
   volumeName: string,
   targetSpec: string,
-  opts: { overwrite?: boolean; log: Logger; progress?: Progress },
+  opts: DumpOptions,
 ): Promise<FullBackupResult> {
   return dumpFromView(pool, volumeName, targetSpec, opts, {
     what: 'full backup',
@@ -112,7 +118,7 @@ export async function backupDiff(
   pool: Pool,
   volumeName: string,
   targetSpec: string,
-  opts: { scope?: number; overwrite?: boolean; log: Logger; progress?: Progress },
+  opts: DumpOptions & { scope?: number },
 ): Promise<DiffBackupResult> {
   const volume = requireBackupSource(pool, volumeName);
   let scope = diffScope(volume, opts.scope);
@@ -151,9 +157,13 @@ export interface BackupEstimate {
   generationTo: number;
   records: number;
   dataBytes: number;
-  /** the stream's exact size in bytes, from the count table (docs/stream-format.md) */
+  /** the stream's exact size in bytes, from the count table (docs/stream-format.md); compressed: an upper bound */
   bytes: number;
+  /** the uncompressed stream's exact size */
+  streamBytes: number;
   chunkSize: number;
+  compressed: boolean;
+  /** false for a compressed stream: `bytes` is then an upper bound */
   exact: boolean;
 }
 
@@ -161,7 +171,7 @@ export interface BackupEstimate {
  * `backup estimate VOL [--scope K | --full]` (seed 002, claim 10): the stream a backup would write now, from the
  * count table (diff) or the allocation count (full) alone; nothing is read. Exact while the volume does not change.
  */
-export function estimateBackup(pool: Pool, volumeName: string, opts: { scope?: number; full?: boolean }): BackupEstimate {
+export function estimateBackup(pool: Pool, volumeName: string, opts: { scope?: number; full?: boolean; compress?: boolean }): BackupEstimate {
   const volume = requireBackupSource(pool, volumeName);
   const cs = pool.chunkSize;
   let kind: BackupEstimate['kind'];
@@ -178,7 +188,20 @@ export function estimateBackup(pool: Pool, volumeName: string, opts: { scope?: n
     records = volume.countInGenerations(from, to);
   }
   const layout = streamLayout(records, cs);
-  return { volume: volumeName, kind, generationFrom: from, generationTo: to, records, dataBytes: layout.dataBytes, bytes: layout.totalBytes, chunkSize: cs, exact: true };
+  const compressed = opts.compress === true;
+  return {
+    volume: volumeName,
+    kind,
+    generationFrom: from,
+    generationTo: to,
+    records,
+    dataBytes: layout.dataBytes,
+    bytes: compressed ? gzipBound(layout.totalBytes) : layout.totalBytes,
+    streamBytes: layout.totalBytes,
+    chunkSize: cs,
+    compressed,
+    exact: !compressed,
+  };
 }
 
 function requireBackupSource(pool: Pool, volumeName: string): Volume {
@@ -186,6 +209,14 @@ function requireBackupSource(pool: Pool, volumeName: string): Volume {
   const kind = volume?.info().kind;
   if (!volume || kind === 'internal' || kind === 'diff-export') throw new PoolError('ENOENT', `no volume named '${volumeName}'`);
   return volume;
+}
+
+export interface DumpOptions {
+  overwrite?: boolean;
+  /** write the stream as one gzip member (src/backup/compression.ts) */
+  compress?: boolean;
+  log: Logger;
+  progress?: Progress;
 }
 
 /** what differs between the kinds of dump made from a point-in-time view */
@@ -209,7 +240,7 @@ async function dumpFromView(
   pool: Pool,
   volumeName: string,
   targetSpec: string,
-  opts: { overwrite?: boolean; log: Logger; progress?: Progress },
+  opts: DumpOptions,
   kind: DumpPlan,
 ): Promise<FullBackupResult> {
   const target = parseMediaTarget(targetSpec);
@@ -233,13 +264,15 @@ async function dumpFromView(
         { volume: volumeName, target: target.spec, records: source.entries.length, closedGeneration: view.closedGeneration, generations: `${fields.generationFrom}..${fields.generationTo}` },
         `${kind.what} started`,
       );
+      const gzip = opts.compress ? new GzipSink(writer) : null;
       const written = await writeStream({
         fields: { ...fields, origin: lineage, source: self, volumeSize: view.size, chunkSize: pool.chunkSize, managementInfo: EMPTY_MANAGEMENT_INFO },
         source,
-        sink: writer,
+        sink: gzip ?? writer,
         onProgress: opts.progress,
       });
-      const { fileNumber } = await writer.finish();
+      await gzip?.end();
+      const { fileNumber, bytes: bytesOnMedium } = await writer.finish();
       const current = await kind.finish(viewName, written.header);
       viewMade = false;
       const result: FullBackupResult = {
@@ -249,6 +282,8 @@ async function dumpFromView(
         streamUuid: written.header.streamUuid,
         records: written.records,
         bytes: written.bytes,
+        bytesOnMedium,
+        compressed: gzip !== null,
         dataBytes: written.header.dataBytes,
         digest: written.digest,
         seconds: (Date.now() - started) / 1000,
@@ -288,6 +323,8 @@ export interface MediaListEntry {
   /** bytes found on the medium, when cheap to know */
   bytesOnMedium: number | null;
   generations: string | null;
+  /** written with --compress (gzip) */
+  compressed: boolean | null;
   /** the file holds the whole stream (as far as the medium tells without reading it) */
   complete: boolean | null;
   problem?: string;
@@ -300,7 +337,8 @@ export async function listMedia(targetSpec: string): Promise<{ target: string; f
   const out: MediaListEntry[] = files.map((f) => {
     const base = { file: f.fileNumber + 1, bytesOnMedium: f.bytes };
     try {
-      const h = readStreamHeader(f.head);
+      const compressed = isGzip(f.head);
+      const h = readStreamHeader(compressed ? zlib.gunzipSync(f.head, { finishFlush: zlib.constants.Z_SYNC_FLUSH }).subarray(0, HEADER_SIZE) : f.head);
       return {
         ...base,
         kind: h.kind,
@@ -312,7 +350,9 @@ export async function listMedia(targetSpec: string): Promise<{ target: string; f
         records: h.recordCount,
         streamBytes: h.totalBytes,
         generations: h.kind === 'diff' ? `${h.generationFrom}..${h.generationTo}` : `base (next ${h.nextGeneration})`,
-        complete: f.bytes === null ? (f.complete ? null : false) : f.complete && f.bytes >= h.totalBytes,
+        compressed,
+        // a compressed file's length says nothing about the stream's: only the medium's own end marks count
+        complete: f.bytes === null || compressed ? (f.complete ? null : false) : f.complete && f.bytes >= h.totalBytes,
       };
     } catch (err) {
       return {
@@ -326,6 +366,7 @@ export async function listMedia(targetSpec: string): Promise<{ target: string; f
         records: null,
         streamBytes: null,
         generations: null,
+        compressed: null,
         complete: false,
         problem: (err as Error).message,
       };

@@ -19,6 +19,7 @@ import type { ByteSource, StreamEntry } from './io.js';
 import { readStreamHeader, HEADER_SIZE, type StreamHeader, type StreamIdentity } from './stream-format.js';
 import { readStream } from './stream-reader.js';
 import { VolumeChunkSink } from './volume-io.js';
+import { isGzip, openMaybeCompressed } from './compression.js';
 import type { Progress } from './jobs.js';
 
 /** One stream of a restore: where it comes from, and how to (re)open it. */
@@ -130,7 +131,14 @@ export async function mediaStreamOrigin(spec: string): Promise<StreamOrigin> {
     rereadable,
     open: async () => {
       const reader = await openReadStream(target, fileNumber);
-      return { source: reader, close: () => reader.close() };
+      try {
+        // a stream written with --compress is expanded on the fly
+        const { source } = await openMaybeCompressed(reader);
+        return { source, close: () => reader.close() };
+      } catch (err) {
+        await reader.close().catch(() => {});
+        throw err;
+      }
     },
   };
 }
@@ -276,6 +284,7 @@ export async function restoreChain(pool: Pool, origins: readonly StreamOrigin[],
         const head = Buffer.from(await handle.source.readExact(HEADER_SIZE));
         let header: StreamHeader;
         try {
+          if (isGzip(head)) throw new PoolError('EINVAL', 'this is a compressed (gzip) stream: restore it from a file or tape with restore --from, which expands it');
           header = readStreamHeader(head);
           opts.onHeader?.(header);
         } catch (err) {

@@ -68,17 +68,18 @@ export function backupCommands(program: Command): { restore: Command } {
   addClientOptions(backup.command('full <VOL>').description('snapshot VOL, write a compacted full stream of it, restart its generation map'))
     .requiredOption('--to <TARGET>', TARGET_HELP)
     .option('--overwrite', 'replace a file that holds data / start a tape image over (default for tapes: append)')
-    .action((volume: string, opts: ClientOptions & { to: string; overwrite?: boolean }) => {
+    .option('--compress', 'write the stream gzip-compressed (restore expands it; zcat gives the plain stream)')
+    .action((volume: string, opts: ClientOptions & { to: string; overwrite?: boolean; compress?: boolean }) => {
       const target = prepareTarget(opts.to, 'out');
       const toStdout = opts.to === '-';
       return runClientCommand<FullBackupResult>(
         opts,
         'backup.full',
-        { volume, to: target.spec, overwrite: toStdout || (opts.overwrite ?? false) },
+        { volume, to: target.spec, overwrite: toStdout || (opts.overwrite ?? false), ...(opts.compress ? { compress: true } : {}) },
         (r) =>
           `full backup of ${r.volume} written to ${toStdout ? 'standard output' : r.target}` +
           `${r.file > 1 || r.target.startsWith('tap:') || r.target.startsWith('tape:') ? ` (file #${r.file})` : ''}: ` +
-          `${r.records} chunks, ${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s; generation map restarted (now generation ${r.currentGeneration})`,
+          `${r.records} chunks, ${formatSize(r.bytes)}${r.compressed ? ` (${formatSize(r.bytesOnMedium)} compressed)` : ''} in ${r.seconds.toFixed(1)} s; generation map restarted (now generation ${r.currentGeneration})`,
         { label: `backup ${volume}`, quiet: opts.json && !toStdout, resultToStderr: toStdout, around: target.relay },
       );
     });
@@ -86,11 +87,13 @@ export function backupCommands(program: Command): { restore: Command } {
     .requiredOption('--to <TARGET>', TARGET_HELP)
     .option('--scope <K>', 'first generation to include (default: the one after the last diff, i.e. what changed since the last backup)', generation)
     .option('--overwrite', 'replace a file that holds data / start a tape image over (default for tapes: append)')
-    .action((volume: string, opts: ClientOptions & { to: string; scope?: number; overwrite?: boolean }) => {
+    .option('--compress', 'write the stream gzip-compressed (restore expands it; zcat gives the plain stream)')
+    .action((volume: string, opts: ClientOptions & { to: string; scope?: number; overwrite?: boolean; compress?: boolean }) => {
       const target = prepareTarget(opts.to, 'out');
       const toStdout = opts.to === '-';
       const args: Record<string, unknown> = { volume, to: target.spec, overwrite: toStdout || (opts.overwrite ?? false) };
       if (opts.scope !== undefined) args.scope = opts.scope;
+      if (opts.compress) args.compress = true;
       return runClientCommand<DiffBackupResult>(
         opts,
         'backup.diff',
@@ -98,23 +101,27 @@ export function backupCommands(program: Command): { restore: Command } {
         (r) =>
           `difference backup of ${r.volume}, generations ${r.generationFrom}..${r.generationTo}, written to ${toStdout ? 'standard output' : r.target}` +
           `${r.target.startsWith('tap:') || r.target.startsWith('tape:') ? ` (file #${r.file})` : ''}: ` +
-          `${r.records} chunks, ${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s; now generation ${r.currentGeneration}`,
+          `${r.records} chunks, ${formatSize(r.bytes)}${r.compressed ? ` (${formatSize(r.bytesOnMedium)} compressed)` : ''} in ${r.seconds.toFixed(1)} s; now generation ${r.currentGeneration}`,
         { label: `diff ${volume}`, quiet: opts.json && !toStdout, resultToStderr: toStdout, around: target.relay },
       );
     });
   addClientOptions(backup.command('estimate <VOL>').description('exact size of the next diff (or --full) stream, from the count table, without reading data'))
     .option('--scope <K>', 'first generation to include (as backup diff)', generation)
     .option('--full', 'estimate a full backup instead')
-    .action((volume: string, opts: ClientOptions & { scope?: number; full?: boolean }) => {
+    .option('--compress', 'for a compressed backup: the size is then an upper bound (incompressible data)')
+    .action((volume: string, opts: ClientOptions & { scope?: number; full?: boolean; compress?: boolean }) => {
       const args: Record<string, unknown> = { volume };
       if (opts.scope !== undefined) args.scope = opts.scope;
       if (opts.full) args.full = true;
+      if (opts.compress) args.compress = true;
       return runClientCommand<BackupEstimate>(opts, 'backup.estimate', args, (r) =>
         keyValues([
           ['volume', r.volume],
           ['kind', r.kind === 'diff' ? `diff of generations ${r.generationFrom}..${r.generationTo}` : 'full'],
           ['records', `${r.records} chunks of ${formatSize(r.chunkSize)} (${formatSize(r.dataBytes)} of data)`],
-          ['stream size', `${r.bytes} bytes (${formatSize(r.bytes)}), ${r.exact ? 'exact' : 'upper bound'}`],
+          r.compressed
+            ? ['stream size', `at most ${r.bytes} bytes (${formatSize(r.bytes)}) compressed: an upper bound; ${r.streamBytes} bytes uncompressed (exact)`]
+            : ['stream size', `${r.bytes} bytes (${formatSize(r.bytes)}), exact`],
         ]),
       );
     });
@@ -154,7 +161,7 @@ export function backupCommands(program: Command): { restore: Command } {
               ['#', 'KIND', 'VOLUME', 'TAKEN', 'VOLUME SIZE', 'STREAM', 'GENERATIONS', 'STATE'],
               files.map((f) => [
                 f.file,
-                f.kind,
+                f.compressed ? `${f.kind}+gzip` : f.kind,
                 f.volume ?? '-',
                 f.createdAt ?? '-',
                 f.volumeSize === null ? '-' : formatSize(f.volumeSize),

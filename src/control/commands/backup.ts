@@ -78,20 +78,20 @@ export const backupCommands = [
   defineCommand({
     name: 'backup.full',
     summary: 'full backup: hidden snapshot, compacted stream to the target, generation map restarted at the snapshot',
-    args: z.strictObject({ volume: volumeNameArg, to: targetArg, overwrite: z.boolean().optional() }),
-    run: (a, ctx, progress) => backupFull(ctx.pool, a.volume, a.to, { overwrite: a.overwrite, log: ctx.log, progress }),
+    args: z.strictObject({ volume: volumeNameArg, to: targetArg, overwrite: z.boolean().optional(), compress: z.boolean().optional() }),
+    run: (a, ctx, progress) => backupFull(ctx.pool, a.volume, a.to, { overwrite: a.overwrite, compress: a.compress, log: ctx.log, progress }),
   }),
   defineCommand({
     name: 'backup.diff',
     summary: 'difference backup: the chunks changed in generations K..G from a point-in-time view; the volume moves to G+1',
-    args: z.strictObject({ volume: volumeNameArg, to: targetArg, scope: generationArg.optional(), overwrite: z.boolean().optional() }),
-    run: (a, ctx, progress) => backupDiff(ctx.pool, a.volume, a.to, { scope: a.scope, overwrite: a.overwrite, log: ctx.log, progress }),
+    args: z.strictObject({ volume: volumeNameArg, to: targetArg, scope: generationArg.optional(), overwrite: z.boolean().optional(), compress: z.boolean().optional() }),
+    run: (a, ctx, progress) => backupDiff(ctx.pool, a.volume, a.to, { scope: a.scope, overwrite: a.overwrite, compress: a.compress, log: ctx.log, progress }),
   }),
   defineCommand({
     name: 'backup.estimate',
     summary: 'exact size of the stream a diff (or --full) backup would write now, from the count table alone',
-    args: z.strictObject({ volume: volumeNameArg, scope: generationArg.optional(), full: z.boolean().optional() }),
-    run: (a, ctx) => estimateBackup(ctx.pool, a.volume, { scope: a.scope, full: a.full }),
+    args: z.strictObject({ volume: volumeNameArg, scope: generationArg.optional(), full: z.boolean().optional(), compress: z.boolean().optional() }),
+    run: (a, ctx) => estimateBackup(ctx.pool, a.volume, { scope: a.scope, full: a.full, compress: a.compress }),
   }),
   defineCommand({
     name: 'restore',
