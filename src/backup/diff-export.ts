@@ -95,7 +95,7 @@ export async function createDiffExport(
 }
 
 export function diffExportInfo(pool: Pool, name: string): DiffExportInfo {
-  const image = ReplicaImage.open(pool, name);
+  const image = ReplicaImage.open(pool, name, 'diff-export');
   const h = image.header;
   if (h.kind !== 'diff') throw new PoolError('ENOENT', `no diff export named '${name}'`);
   const sourceUuid = pool.volumeLineage(name).source?.uuid;

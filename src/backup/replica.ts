@@ -151,10 +151,12 @@ export class ReplicaImage {
    * Loads the metadata and checks it against the (read-only) view: a replica's mapped chunks, or a diff export's
    * chunks in the generations its stream holds.
    */
-  static open(pool: Pool, name: string): ReplicaImage {
+  static open(pool: Pool, name: string, want: 'replica' | 'diff-export' | 'any' = 'replica'): ReplicaImage {
     const volume = pool.volume(name);
     const kind = volume?.info().kind;
-    if (!volume || (kind !== 'replica' && kind !== 'diff-export')) throw new PoolError('ENOENT', `no replica or diff export named '${name}'`);
+    if (!volume || (kind !== 'replica' && kind !== 'diff-export') || (want !== 'any' && kind !== want)) {
+      throw new PoolError('ENOENT', `no ${want === 'diff-export' ? 'diff export' : 'replica'} named '${name}'`);
+    }
     const file = metaPath(pool, volume.uuid);
     let buf: Buffer;
     try {

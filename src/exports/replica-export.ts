@@ -30,7 +30,10 @@ export class ReplicaExport implements Export {
   ) {}
 
   get description(): string {
-    return `thinvault replica ${this.name}: packed image of ${this.image.header.origin.name} (${this.image.header.recordCount} chunks)`;
+    const h = this.image.header;
+    return h.kind === 'diff'
+      ? `thinvault diff export ${this.name}: difference backup of ${h.origin.name}, generations ${h.generationFrom}..${h.generationTo} (${h.recordCount} chunks)`
+      : `thinvault replica ${this.name}: packed image of ${h.origin.name} (${h.recordCount} chunks)`;
   }
   get size(): number {
     return this.image.size;

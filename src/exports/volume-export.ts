@@ -130,7 +130,7 @@ export class PoolExportProvider implements ExportProvider {
     let exp: Export;
     if (volume.info().kind === 'replica' || volume.info().kind === 'diff-export') {
       try {
-        exp = new ReplicaExport(ReplicaImage.open(this.pool, name), name);
+        exp = new ReplicaExport(ReplicaImage.open(this.pool, name, 'any'), name);
       } catch (err) {
         this.log?.error({ replica: name, err: (err as Error).message }, 'replica image unavailable');
         return undefined;
