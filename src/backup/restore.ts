@@ -73,6 +73,7 @@ export interface RestoreResult {
   records: number;
   bytes: number;
   chunksWritten: number;
+  chunksUnmapped: number;
   chunksSkippedAsZero: number;
   warnings: string[];
   verifyOnly: boolean;
@@ -529,6 +530,7 @@ function summary(
     records: streams.reduce((a, s) => a + s.records, 0),
     bytes: streams.reduce((a, s) => a + s.bytes, 0),
     chunksWritten: streams.reduce((a, s) => a + s.chunksWritten, 0),
+    chunksUnmapped: streams.reduce((a, s) => a + s.chunksUnmapped, 0),
     chunksSkippedAsZero: streams.reduce((a, s) => a + s.chunksSkippedAsZero, 0),
     warnings,
     verifyOnly,

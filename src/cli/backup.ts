@@ -17,7 +17,7 @@ function restoreBlock(r: RestoreResult): string {
     ['volume', `${r.origin.name} (${r.origin.uuid})`],
     ['taken', r.createdAt],
     ['size', `${formatSize(r.volumeSize)} (${r.volumeSize} bytes)`],
-    ['records', `${r.records} (${r.chunksWritten} written, ${r.chunksSkippedAsZero} all-zero chunks left unallocated)`],
+    ['records', `${r.records} (${r.chunksWritten} written, ${r.chunksSkippedAsZero} all-zero chunks left unallocated${r.chunksUnmapped > 0 ? `, ${r.chunksUnmapped} holes of diffs unmapped` : ''})`],
     ['stream', `${formatSize(r.bytes)} in ${r.seconds.toFixed(1)} s`],
   ];
   if (r.streams.length > 1) {
