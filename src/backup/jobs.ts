@@ -41,6 +41,11 @@ export interface FullBackupResult {
  */
 const backupsRunning = new Set<string>();
 
+/** a backup of the volume with this UUID is running (a restore into it is refused meanwhile) */
+export function backupRunning(uuid: string): boolean {
+  return backupsRunning.has(uuid);
+}
+
 /** the zero-filled management info slot (seed 001 fills it in a later capability) */
 const EMPTY_MANAGEMENT_INFO = Buffer.alloc(512);
 

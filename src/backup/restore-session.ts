@@ -64,8 +64,10 @@ export class StreamAssembler implements ByteSource {
     this.pieces.sort((a, b) => a.offset - b.offset);
     this.buffered += end - start;
     this.wake();
-    // hold the writer back while the restore is behind, as long as it can make progress (no gap at its position)
-    while (!this.failure && this.buffered > BUFFER_SOFT_LIMIT && this.contiguousFrom(this.pos) > 0) await this.changed();
+    // hold the writer back while the restore is behind, but only while plenty of in-order bytes wait for it (it
+    // asks for at most a few MiB at a time, so it surely moves on and wakes us): holding writes while the restore
+    // waits for a missing piece could hold every request the client may have in flight, the missing one never sent
+    while (!this.failure && this.buffered > BUFFER_SOFT_LIMIT && this.contiguousFrom(this.pos) >= BUFFER_SOFT_LIMIT / 2) await this.changed();
     if (this.failure) throw this.failure;
     if (this.buffered - this.contiguousFrom(this.pos) > OUT_OF_ORDER_LIMIT) {
       this.fail(new PoolError('EIO', `more than ${OUT_OF_ORDER_LIMIT} bytes arrived ahead of stream byte ${this.pos}: write the stream in order (dd bs=256k)`));

@@ -20,7 +20,7 @@ import { readStreamHeader, HEADER_SIZE, type StreamHeader, type StreamIdentity }
 import { readStream } from './stream-reader.js';
 import { VolumeChunkSink } from './volume-io.js';
 import { isGzip, openMaybeCompressed } from './compression.js';
-import type { Progress } from './jobs.js';
+import { backupRunning, type Progress } from './jobs.js';
 
 /** One stream of a restore: where it comes from, and how to (re)open it. */
 export interface StreamOrigin {
@@ -269,6 +269,7 @@ export async function restoreChain(pool: Pool, origins: readonly StreamOrigin[],
     if (target.readOnly) throw new PoolError('EPERM', `volume '${opts.into}' is read-only`);
     if (target.openCount > 0) throw new PoolError('EBUSY', `volume '${opts.into}' is open by ${target.openCount} NBD client(s); disconnect them first`);
     if (target.heldBy !== null) throw new PoolError('EBUSY', `volume '${opts.into}' is busy: ${target.heldBy}`);
+    if (backupRunning(target.uuid)) throw new PoolError('EBUSY', `a backup of '${opts.into}' is running; restore into it when it is done`);
   }
   const readOnce = origins.filter((o) => !o.rereadable);
   if (skip.size > 0 && readOnce.length > 0) {
