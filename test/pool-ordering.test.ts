@@ -245,3 +245,49 @@ test('COPY: a partial write into a chunk shared with a snapshot copies it, and t
   Buffer.alloc(200, 9).copy(expected, CS + 100);
   expect((await readAll(vol, 0, 4 * CS)).equals(expected)).toBe(true);
 });
+
+test('SHARE: a write covering chunks shared with a snapshot writes the new data to chunks of its own before their mapping is queued, and that mapping is committed only after a data fdatasync that followed the data', async () => {
+  const { pool, vol } = await setup();
+  const { VolumeFlag } = await import('../src/pool/index.js');
+  await vol.write(0, pattern(4 * CS, 1), false);
+  await pool.cloneVolume('v', 'snap', { flags: VolumeFlag.SNAPSHOT | VolumeFlag.READ_ONLY });
+  await vol.advanceGeneration();
+  await pool.flush();
+  const dataFd = internals(pool).data.fd;
+  const jfd = () => (internals(pool).journal as unknown as { fd: number }).fd;
+  const events: string[] = [];
+  const oldPs = [1, 2].map((c) => physical(pool, 'v', c));
+  h.hook = (c) => {
+    if (c.op === 'pwrite' && c.fd === dataFd) events.push(oldPs.some((p) => c.pos >= p * CS && c.pos < (p + 1) * CS) ? 'write-old' : 'data');
+    else if (c.op === 'pread' && c.fd === dataFd) events.push('read');
+    else if (c.op === 'fdatasync' && c.fd === dataFd) events.push('data-sync');
+    else if (c.op === 'pwrite' && c.fd === jfd()) events.push('journal-write');
+  };
+  // chunks 1 and 2 wholly, plus a journal commit forced by another write right after (a FLUSH on another connection
+  // would do the same): the mappings must not become durable before the data they point at
+  await Promise.all([vol.write(CS, Buffer.alloc(2 * CS, 9), false), pool.flush()]);
+  await pool.flush();
+  h.hook = null;
+  expect(events).not.toContain('write-old'); // the shared chunks are never written in place
+  expect(events).not.toContain('read'); // nothing to copy: the write replaces them whole
+  const firstJournal = events.indexOf('journal-write');
+  const lastData = events.lastIndexOf('data');
+  expect(lastData).toBeGreaterThanOrEqual(0);
+  // the first journal write after the data (the one that can carry the MAPs) is preceded by a data sync after it
+  const journalAfter = events.indexOf('journal-write', lastData);
+  expect(journalAfter).toBeGreaterThan(lastData);
+  expect(events.slice(lastData, journalAfter)).toContain('data-sync');
+  // any journal write before the data did not carry the new mappings: they were not queued yet
+  if (firstJournal >= 0 && firstJournal < lastData) expect(events.slice(0, firstJournal)).not.toContain('data');
+  for (const c of [1, 2]) {
+    expect(physical(pool, 'v', c)).not.toBe(oldPs[c - 1]);
+    expect(physical(pool, 'snap', c)).toBe(oldPs[c - 1]);
+  }
+  const expected = pattern(4 * CS, 1);
+  expect((await readAll(pool.volume('snap')!, 0, 4 * CS)).equals(expected)).toBe(true);
+  Buffer.alloc(2 * CS, 9).copy(expected, CS);
+  expect((await readAll(vol, 0, 4 * CS)).equals(expected)).toBe(true);
+  // the write is a change of generation G for both chunks (tracking), made durable with the mapping
+  const G = vol.generations().current;
+  expect([1, 2].map((c) => vol.chunkGeneration(c))).toEqual([G, G]);
+});

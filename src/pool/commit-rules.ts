@@ -32,8 +32,12 @@
  * DURABILITY — FUA and FLUSH: an fdatasync of the data file started after the write(s) completed, together with
  *      the commit of every journal record queued so far (covers MAPs of W1 writes).
  * SHARE — a chunk held by more than one mapping page (snapshots, copies; docs/pool-format.md "Shared pages") is
- *      never written in place. A write covering the whole chunk is redirected to a clean chunk exactly like W1 (the
- *      MAP carries G, the shared chunk loses one reference). A partial write first copies the chunk (COPY).
+ *      never written in place. A partial write first copies the chunk (COPY). A data write covering the whole chunk
+ *      is COPY with the write's bytes instead of the old ones: they go to a clean chunk p first, then MAP(c, p, G) is
+ *      queued with `afterDataSync`. W1's argument does not carry over: a durable MAP to a clean chunk whose data did
+ *      not land would read zeros where the chunk held the shared data (neither old nor new; found by
+ *      test/crash-diff.test.ts). A zero-write covering the whole chunk is redirected to a clean chunk like W1: there
+ *      zeros are the new content. Either way the MAP carries G and the shared chunk loses one reference.
  * COPY — copying a shared chunk c: read it, write the copy to a clean chunk p, then queue MAP(c, p, gen[c]) with
  *      `afterDataSync`: the commit that makes it durable first runs an fdatasync of the data file, which started
  *      after the copy was written. So a durable MAP never points at a half-copied chunk; before it is durable, a

@@ -364,10 +364,14 @@ export class Volume {
     const first = Math.floor(offset / cs);
     const last = Math.floor((end - 1) / cs);
 
-    // Copy-on-write: chunks shared with a snapshot that this request covers only in part are copied first
-    // (whole-chunk copies, durable before their new mapping); wholly covered ones are redirected in phase 2.
+    // Copy-on-write (SHARE rule): chunks shared with a snapshot that this request covers only in part are copied
+    // first (whole-chunk copies, durable before their new mapping). Wholly covered ones get the request's data in a
+    // chunk of their own, written before the new mapping is even queued (it carries G and becomes durable after a
+    // data sync), so they are done here; zero-writes redirect them to a clean chunk in phase 2 (zeros are their new
+    // content).
     const sharing = ctx.sharingActive();
-    if (sharing) await this.unshareRange(offset, len, true);
+    let written: ReadonlySet<number> | null = null;
+    if (sharing) written = await this.unshareRange(offset, len, true, mode === WRITE ? data : null);
 
     // Phase 1: reserve clean chunks for the unmapped (and shared) chunks, waiting for growth or frees with no op
     // id held.
@@ -417,7 +421,10 @@ export class Volume {
         const segEnd = Math.min(end, cStart + cs);
         let e = map.get(c);
         let skip = false;
-        if (e === 0) {
+        if (written !== null && written.has(c) && e !== 0 && !this.isShared(c, e)) {
+          // its data is in place already (copy-on-write with the request's data, above)
+          skip = true;
+        } else if (e === 0) {
           if (mode === ZERO_MAPPED) {
             skip = true;
           } else {
@@ -433,8 +440,10 @@ export class Volume {
             e = p + 1;
           }
         } else if (sharing && this.isShared(c, e)) {
-          // redirect-on-write: the request covers the whole chunk (unshareRange copied partial ones), so it goes
-          // to a clean chunk like W1; the snapshot keeps the old one
+          // redirect-on-write: the request covers the whole chunk (unshareRange copied partial ones). Zero-writes
+          // go to a clean chunk like W1 (zeros are the new content, so a MAP durable before anything else is
+          // right); a data write reaches here only when the chunk became shared again meanwhile, and takes the same
+          // path (the W1 argument then over-states: a crash before its data lands shows zeros, as for W1)
           const p = ctx.alloc.take(st.cursor);
           reserved--;
           (redirected ??= []).push(e - 1);
@@ -542,21 +551,28 @@ export class Volume {
    * Copies the shared chunks of [offset, offset + len) to chunks of this volume's own; `partialOnly` limits
    * that to the (at most two) chunks the range covers in part. Waits for copies of these chunks in progress.
    */
-  private async unshareRange(offset: number, len: number, partialOnly: boolean): Promise<void> {
+  private async unshareRange(offset: number, len: number, partialOnly: boolean, data: Buffer | null = null): Promise<ReadonlySet<number> | null> {
     const cs = this.ctx.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + len - 1) / cs);
     const end = offset + len;
     let list: number[] | null = null;
+    let whole: Map<number, Buffer> | null = null;
     for (let c = first; c <= last; c++) {
-      if (partialOnly && c > first && c < last) continue;
+      if (partialOnly && data === null && c > first && c < last) continue;
       const inProgress = this.unsharing.get(c);
       if (inProgress !== undefined) await inProgress;
-      if (partialOnly && c * cs >= offset && Math.min((c + 1) * cs, this.state.size) <= end) continue;
+      const covered = c * cs >= offset && Math.min((c + 1) * cs, this.state.size) <= end;
+      if (partialOnly && covered && data === null) continue;
       const e = this.state.map.get(c);
-      if (e !== 0 && this.isShared(c, e)) (list ??= []).push(c);
+      if (e === 0 || !this.isShared(c, e)) continue;
+      (list ??= []).push(c);
+      if (covered && data !== null) (whole ??= new Map()).set(c, data.subarray(c * cs - offset, Math.min((c + 1) * cs, end) - offset));
     }
-    if (list !== null) await this.unshareChunks(list);
+    if (list === null) return null;
+    const wrote = whole === null ? null : new Set<number>();
+    await this.unshareChunks(list, whole, wrote ?? undefined);
+    return wrote;
   }
 
   /**
@@ -565,9 +581,13 @@ export class Volume {
    * and the release of the shared chunk. A crash never leaves a durable mapping to a half-copied chunk; before the
    * mapping is durable the volume still maps the shared chunk, whose content is the same.
    * Used before partial writes, by on-demand copying and by the background copy of `volume copy`.
+   *
+   * `newContent`: chunks a write covers whole, with the bytes it writes there. They are not read: the new chunk
+   * gets these bytes, and its mapping carries the current generation (a content change). Until that mapping is
+   * durable (after the data sync) a crash leaves the chunk on the shared one, with its old content and generation.
    * @internal
    */
-  async unshareChunks(chunks: readonly number[]): Promise<number> {
+  async unshareChunks(chunks: readonly number[], newContent: ReadonlyMap<number, Buffer> | null = null, wroteNew?: Set<number>): Promise<number> {
     const ctx = this.ctx;
     const st = this.state;
     const cs = ctx.chunkSize;
@@ -590,7 +610,11 @@ export class Volume {
       opId = ctx.tracker.begin();
       const olds: number[] = [];
       const news: number[] = [];
-      const buf = native.allocAligned(mine.length * cs);
+      // room only for the chunks that are read (the others get a write's new content)
+      const slot = new Map<number, number>();
+      for (const c of mine) if (!newContent?.has(c)) slot.set(c, slot.size);
+      const buf = native.allocAligned(Math.max(1, slot.size) * cs);
+      const copyOf = (c: number) => buf.subarray(slot.get(c)! * cs, (slot.get(c)! + 1) * cs);
       for (const c of mine) {
         // own the mapping page first: a page shared with a snapshot is copied, its chunks gain a reference
         st.map.own(c);
@@ -606,9 +630,13 @@ export class Volume {
         news.push(p);
       }
       const fd = ctx.data.fd;
-      await settleAll(mine.map((_c, i) => (news[i] < 0 ? Promise.resolve() : readRest(fd, buf.subarray(i * cs, (i + 1) * cs), olds[i] * cs, 0))));
       await settleAll(
-        mine.map((_c, i) => (news[i] < 0 ? Promise.resolve() : native.pwrite(fd, buf.subarray(i * cs, (i + 1) * cs), news[i] * cs).then(ctx.data.written))),
+        mine.map((c, i) => (news[i] < 0 || newContent?.has(c) ? Promise.resolve() : readRest(fd, copyOf(c), olds[i] * cs, 0))),
+      );
+      await settleAll(
+        mine.map((c, i) =>
+          news[i] < 0 ? Promise.resolve() : native.pwrite(fd, newContent?.get(c) ?? copyOf(c), news[i] * cs).then(ctx.data.written),
+        ),
       );
       let copied = 0;
       for (let i = 0; i < mine.length; i++) {
@@ -621,8 +649,12 @@ export class Volume {
           ctx.alloc.release(p, ctx.journal.lastSeq);
           continue;
         }
-        const g = st.gens.get(c);
-        st.map.set(c, p + 1);
+        const fresh = newContent?.has(c) === true;
+        const g = fresh ? st.gens.current : st.gens.get(c);
+        if (fresh) {
+          st.mapChunk(c, p, g);
+          wroteNew?.add(c);
+        } else st.map.set(c, p + 1);
         const seq = appendMap(ctx.journal, st.id, c, p, 1, g);
         // COPY rule: the new mapping becomes durable only after the copied data (the commit syncs the data first)
         ctx.journal.afterDataSync(seq);
