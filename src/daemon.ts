@@ -74,8 +74,9 @@ export async function startDaemon(opts: ServeOptions): Promise<RunningDaemon> {
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       log.info('shutting down: draining NBD connections');
-      await nbd.close();
+      // restore sessions first: a client's FLUSH waiting on one then fails instead of holding the drain up
       await restoreSessions.close();
+      await nbd.close();
       await control?.close();
       await pool.close();
       log.info('pool closed cleanly');

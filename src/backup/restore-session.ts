@@ -36,6 +36,8 @@ export class StreamAssembler implements ByteSource {
   private buffered = 0;
   private failure: Error | null = null;
   private waiters: Array<() => void> = [];
+  /** bytes the reader waits for (0 when it is not waiting) */
+  private wanted = 0;
   /** the stream's end once known (the header says); writes past it are ignored */
   end = Infinity;
   ignoredBytes = 0;
@@ -86,7 +88,15 @@ export class StreamAssembler implements ByteSource {
   }
 
   async readExact(length: number): Promise<Buffer> {
-    while (!this.failure && this.contiguousFrom(this.pos) < length) await this.changed();
+    this.wanted = length;
+    try {
+      while (!this.failure && this.contiguousFrom(this.pos) < length) {
+        this.wake(); // drained() waiters: the reader now waits for more than there is
+        await this.changed();
+      }
+    } finally {
+      this.wanted = 0;
+    }
     if (this.failure) throw Object.assign(this.failure, { bytesRead: this.contiguousFrom(this.pos) });
     const out = Buffer.allocUnsafe(length);
     let filled = 0;
@@ -123,9 +133,16 @@ export class StreamAssembler implements ByteSource {
     this.wake();
   }
 
-  /** resolves when every byte received so far has been consumed (or the session failed) */
+  /**
+   * resolves when the restore has taken every byte received so far that it can take: all of them, or it waits for
+   * more than the bytes in order (a stream cut short); or the session failed
+   */
   async drained(): Promise<void> {
-    while (!this.failure && this.contiguousFrom(this.pos) > 0) await this.changed();
+    for (;;) {
+      const available = this.contiguousFrom(this.pos);
+      if (this.failure || available === 0 || (this.wanted > 0 && available < this.wanted)) return;
+      await this.changed();
+    }
   }
 
   private changed(): Promise<void> {

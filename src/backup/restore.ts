@@ -173,11 +173,20 @@ interface ExistingStart {
  * The lineage rules of docs/stream-format.md ("Chains"): throws a PoolError naming the stream and the generations
  * at fault. `start` is the target of a chain that begins with a diff.
  */
-export function checkChain(streams: ReadonlyArray<{ label: string; header: StreamHeader }>, start: ExistingStart | null, poolChunkSize: number): void {
+export function checkChain(
+  streams: ReadonlyArray<{ label: string; header: StreamHeader }>,
+  start: ExistingStart | null,
+  poolChunkSize: number,
+  verifyOnly = false,
+): void {
   const opened = streams;
   const first = opened[0].header;
   let base: { origin: StreamIdentity; streamUuid: string; through: number; what: string };
   if (first.kind === 'diff') {
+    if (!start && verifyOnly) {
+      // checking streams without restoring them: the first diff stands for the chain before it
+      start = { name: '(none)', lineage: first.origin, chain: { baseStreamUuid: first.baseStreamUuid!, throughGeneration: first.generationFrom - 1 }, changedSince: 0 };
+    }
     if (!start) {
       throw new PoolError(
         'EINVAL',
@@ -331,6 +340,7 @@ async function restoreOpened(pool: Pool, opened: Opened[], target: Volume | unde
     opened.map((o) => ({ label: o.origin.label, header: o.header })),
     start,
     cs,
+    opts.verifyOnly && !target,
   );
   if (target && first.kind !== 'diff' && target.size !== first.volumeSize && opened.length === 1) {
     throw new PoolError('EINVAL', `volume '${opts.into}' is ${target.size} bytes, the stream holds a ${first.volumeSize}-byte volume; restore --as a new volume instead`);

@@ -44,6 +44,9 @@ export function prepareTarget(spec: string, direction: 'out' | 'in'): PreparedTa
         direction === 'out'
           ? pipeline(fs.createReadStream(fifo), process.stdout, { end: false })
           : pipeline(process.stdin, fs.createWriteStream(fifo));
+      // awaited below; until then a failed copy (EPIPE: the daemon refused the stream after its header and closed
+      // the pipe) must not count as an unhandled rejection, which would kill this process before it prints why
+      copy.catch(() => {});
       // if the daemon fails before it opens the pipe, open the other end ourselves so that our copy is not left
       // waiting for a peer that never comes
       const unblock = () => {

@@ -7,6 +7,7 @@
  */
 import type { Export, Extent, HoleList } from '../nbd/export.js';
 import type { RestoreSession } from '../backup/restore-session.js';
+import { isGzip } from '../backup/compression.js';
 
 const BASE_ALLOCATION = 'base:allocation';
 const MAX_PAYLOAD = 32 * 1024 * 1024;
@@ -23,7 +24,7 @@ export class RestoreExport implements Export {
   readonly canCache = false;
   readonly canMultiConn = false;
   readonly metaContexts = [BASE_ALLOCATION] as const;
-  readonly blockSize = { minimum: 512, preferred: 256 * 1024, maximum: MAX_PAYLOAD };
+  readonly blockSize = { minimum: 1, preferred: 256 * 1024, maximum: MAX_PAYLOAD };
 
   constructor(private readonly session: RestoreSession) {}
 
@@ -44,6 +45,10 @@ export class RestoreExport implements Export {
   async write(offset: number, data: Buffer): Promise<void> {
     const s = this.session;
     if (s.state === 'failed' || s.state === 'cancelled') throw error('EIO', `restore export ${s.name} ${s.state}: ${s.error?.message ?? ''}`);
+    if (offset === 0 && isGzip(data)) {
+      // a compressed stream may be shorter than a header block: say so now rather than wait for bytes never sent
+      s.assembler.fail(Object.assign(new Error('this is a compressed (gzip) stream: restore it from a file or tape with restore --from, which expands it'), { code: 'EINVAL' }));
+    }
     await s.assembler.write(offset, data);
   }
   async flush(): Promise<void> {

@@ -729,7 +729,7 @@ export class Pool {
       const source = view.has(VolumeFlag.BACKUP_VIEW) ? [...this.meta.volumes.values()].find((v) => v.uuid === view.source?.uuid) : undefined;
       if (source) {
         // a backup interrupted before it finished: its source goes back to the generation the view closed
-        this.log.warn({ volume: source.name, view: view.name }, 'a full backup was interrupted; its generation is folded back');
+        this.log.warn({ volume: source.name, view: view.name }, 'a backup was interrupted; its generation is folded back, so the next diff holds its changes');
         await this.serialized(() => this.journal.waitDurable(this.endBackupViewNow(source, view, false)));
       }
     }
