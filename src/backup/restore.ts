@@ -345,7 +345,8 @@ async function restoreOpened(pool: Pool, opened: Opened[], target: Volume | unde
   if (target && first.kind !== 'diff' && target.size !== first.volumeSize && opened.length === 1) {
     throw new PoolError('EINVAL', `volume '${opts.into}' is ${target.size} bytes, the stream holds a ${first.volumeSize}-byte volume; restore --as a new volume instead`);
   }
-  if (target && target.size !== last.volumeSize) {
+  // diffs applied to a volume standing on their chain follow the original's resizes; anything else needs the size
+  if (target && first.kind !== 'diff' && target.size !== last.volumeSize) {
     throw new PoolError('EINVAL', `volume '${opts.into}' is ${target.size} bytes, the chain ends with a ${last.volumeSize}-byte volume; restore --as a new volume instead`);
   }
 

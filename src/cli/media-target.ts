@@ -31,6 +31,9 @@ export interface PreparedTarget {
   relay?: JobRelay;
 }
 
+/** how long a failed command keeps releasing our end of the pipe before it stops waiting for the copy */
+const UNBLOCK_GIVE_UP_MS = 5000;
+
 /** `direction`: 'out' = the daemon writes (backup to stdout), 'in' = the daemon reads (restore from stdin) */
 export function prepareTarget(spec: string, direction: 'out' | 'in'): PreparedTarget {
   if (spec !== '-') return { spec: absoluteTarget(spec) };
@@ -47,25 +50,35 @@ export function prepareTarget(spec: string, direction: 'out' | 'in'): PreparedTa
       // awaited below; until then a failed copy (EPIPE: the daemon refused the stream after its header and closed
       // the pipe) must not count as an unhandled rejection, which would kill this process before it prints why
       copy.catch(() => {});
-      // if the daemon fails before it opens the pipe, open the other end ourselves so that our copy is not left
-      // waiting for a peer that never comes
-      const unblock = () => {
-        try {
-          const fd = fs.openSync(fifo, (direction === 'out' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK);
-          fs.closeSync(fd);
-        } catch {
-          // no one waiting on the other end
+      // If the daemon fails before it opens the pipe, our side may be blocked opening it (or about to be): open the
+      // other end ourselves, again and again until our copy has given up, since an open made before ours started
+      // would not release it (that raced, and hung the CLI now and then).
+      let settled = false;
+      void copy.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      const unblockUntilSettled = async () => {
+        const flags = (direction === 'out' ? fs.constants.O_WRONLY : fs.constants.O_RDONLY) | fs.constants.O_NONBLOCK;
+        const deadline = Date.now() + UNBLOCK_GIVE_UP_MS;
+        while (!settled && Date.now() < deadline) {
+          try {
+            fs.closeSync(fs.openSync(fifo, flags));
+          } catch {
+            // no reader yet (ENXIO for a writer): our side has not opened the pipe so far
+          }
+          await new Promise((r) => setTimeout(r, 20));
         }
       };
       try {
-        const result = await call.catch((err) => {
-          unblock();
+        const result = await call.catch(async (err) => {
+          await unblockUntilSettled();
           throw err;
         });
         await copy;
         return result;
       } finally {
-        await copy.catch(() => {});
+        if (settled) await copy.catch(() => {});
         cleanup();
       }
     },

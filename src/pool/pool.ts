@@ -518,7 +518,7 @@ export class Pool {
       const target = this.requireVolume(targetName);
       const staging = this.requireVolume(stagingName);
       if (target.openCount > 0) throw new PoolError('EBUSY', `volume '${targetName}' is open by ${target.openCount} client(s)`);
-      if (target.state.chunks !== staging.state.chunks || target.state.size !== staging.state.size) {
+      if (!opts.withGenerations && (target.state.chunks !== staging.state.chunks || target.state.size !== staging.state.size)) {
         throw new PoolError('EINVAL', `volume '${targetName}' (${target.size} bytes) and '${stagingName}' (${staging.size} bytes) differ in size`);
       }
       const seq = await target.quiesce(() => {

@@ -325,8 +325,8 @@ export function replayRecord(meta: PoolMetadata, rec: ScannedRecord): void {
       need(8);
       const target = volume(buf.readUInt32LE(o));
       const staging = volume(buf.readUInt32LE(o + 4));
-      if (target.chunks !== staging.chunks) bad(`volume ${target.name} and ${staging.name} differ in size`);
       const flags = length >= 12 ? buf.readUInt32LE(o + 8) : 0;
+      if (target.chunks !== staging.chunks && (flags & REPLACE_WITH_GENERATIONS) === 0) bad(`volume ${target.name} and ${staging.name} differ in size`);
       if ((flags & REPLACE_WITH_GENERATIONS) !== 0) target.takeAllFrom(staging);
       else target.takeContentFrom(staging);
       meta.removeVolume(staging);

@@ -121,10 +121,12 @@ export class VolumeState {
   }
 
   /**
-   * Restore commit of a backup chain: this volume takes `staging`'s content, generation map, current generation
-   * and backup chain (a restored volume stands where its streams left the original); it keeps its identity.
+   * Restore commit of a backup chain: this volume takes `staging`'s content, size, generation map, current
+   * generation and backup chain (a restored volume stands where its streams left the original, which may have been
+   * resized in between); it keeps its identity.
    */
   takeAllFrom(staging: VolumeState): void {
+    this.size = staging.size;
     this.map.releaseAll();
     staging.map.shareInto(this.map);
     staging.map.releaseAll();
