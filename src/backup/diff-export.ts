@@ -10,14 +10,10 @@
  * the view in one journal record; `--abandon` removes it without, so the next diff still holds those generations.
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { PoolError, VolumeFlag, type Pool } from '../pool/index.js';
 import { diffScope, type Progress } from './jobs.js';
-import { CountingSink, ReplicaImage, encodeMeta, metaPath } from './replica.js';
-import { encodeStreamMetadata } from './stream-format.js';
-import { writeStream } from './stream-writer.js';
-import { writeFileAtomic } from '../util/durable-file.js';
+import { ReplicaImage, buildImageMeta, metaPath } from './replica.js';
 import { VolumeChunkSource } from './volume-io.js';
 
 export interface DiffExportInfo {
@@ -62,8 +58,10 @@ export async function createDiffExport(
     const cs = pool.chunkSize;
     const entries = exportVolume.chunksInGenerations(scope.from, to).map((m) => ({ offset: m.chunk * cs, length: cs, generation: m.generation }));
     const source = new VolumeChunkSource(exportVolume, entries, cs);
-    const written = await writeStream({
-      fields: {
+    await buildImageMeta(
+      pool,
+      exportVolume,
+      {
         kind: 'diff',
         origin: pool.volumeLineage(volumeName).lineage,
         source: { uuid: volume.uuid, name: volumeName },
@@ -76,13 +74,8 @@ export async function createDiffExport(
         managementInfo: Buffer.alloc(512),
       },
       source,
-      sink: new CountingSink(),
-      onProgress: opts.progress,
-    });
-    const header = encodeStreamMetadata(written.header, entries, written.crcs).header;
-    const file = metaPath(pool, exportVolume.uuid);
-    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    writeFileAtomic(file, encodeMeta(header, written.crcs), 0o600);
+      opts.progress,
+    );
     await pool.setVolumeFlags(name, VolumeFlag.DIFF_EXPORT | VolumeFlag.READ_ONLY);
     const info = diffExportInfo(pool, name);
     opts.log.info({ ...info, source: volumeName }, 'diff export created');

@@ -18,7 +18,7 @@ import {
   type StreamHeader,
   type StreamLayout,
 } from './stream-format.js';
-import { writeStream } from './stream-writer.js';
+import { writeStream, type StreamFieldsInput } from './stream-writer.js';
 import { writeFileAtomic } from '../util/durable-file.js';
 import { VolumeChunkSource } from './volume-io.js';
 import type { Progress } from './jobs.js';
@@ -27,7 +27,7 @@ export const REPLICA_DIR = 'replicas';
 const META_MAGIC = Buffer.from('TVREPLMT', 'latin1');
 
 /** The replica metadata file: magic, header block, u32 record count, CRC table (u32 each), CRC32C of all before. */
-export function encodeMeta(header: Buffer, crcs: Uint32Array): Buffer {
+function encodeMeta(header: Buffer, crcs: Uint32Array): Buffer {
   const body = Buffer.alloc(8 + HEADER_SIZE + 4 + crcs.length * 4 + 4);
   META_MAGIC.copy(body, 0);
   header.copy(body, 8);
@@ -55,8 +55,27 @@ export function metaPath(pool: Pool, uuid: string): string {
   return path.join(pool.dir, REPLICA_DIR, `${uuid}.meta`);
 }
 
+/**
+ * Computes the image metadata of the view `volume` (one pass over `source`'s chunks for their CRCs) and stores it
+ * durably beside the view: the step that turns a replica or diff export from INCOMPLETE into usable.
+ */
+export async function buildImageMeta(
+  pool: Pool,
+  volume: Volume,
+  fields: StreamFieldsInput,
+  source: VolumeChunkSource,
+  progress?: Progress,
+): Promise<{ digest: string }> {
+  const written = await writeStream({ fields, source, sink: new CountingSink(), onProgress: progress });
+  const header = encodeStreamMetadata(written.header, source.entries, written.crcs).header;
+  const file = metaPath(pool, volume.uuid);
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  writeFileAtomic(file, encodeMeta(header, written.crcs), 0o600);
+  return { digest: written.digest };
+}
+
 /** counts bytes, keeps nothing: the creation pass only needs the CRCs */
-export class CountingSink implements ByteSink {
+class CountingSink implements ByteSink {
   bytes = 0;
   async write(data: Buffer): Promise<void> {
     this.bytes += data.length;
@@ -96,8 +115,10 @@ export async function createReplica(pool: Pool, sourceName: string, name: string
     const replica = pool.volume(name)!;
     const source = VolumeChunkSource.allMapped(replica, pool.chunkSize, () => 0);
     const { lineage } = pool.volumeLineage(name);
-    const written = await writeStream({
-      fields: {
+    const written = await buildImageMeta(
+      pool,
+      replica,
+      {
         kind: 'replica',
         origin: lineage,
         source: { uuid: replica.uuid, name },
@@ -108,13 +129,8 @@ export async function createReplica(pool: Pool, sourceName: string, name: string
         nextGeneration: Math.max(1, sourceGeneration),
       },
       source,
-      sink: new CountingSink(),
-      onProgress: opts.progress,
-    });
-    const header = encodeStreamMetadata(written.header, source.entries, written.crcs).header;
-    const file = metaPath(pool, replica.uuid);
-    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    writeFileAtomic(file, encodeMeta(header, written.crcs), 0o600);
+      opts.progress,
+    );
     await pool.setVolumeFlags(name, VolumeFlag.REPLICA | VolumeFlag.READ_ONLY);
     const info = replicaInfo(pool, name);
     opts.log.info({ ...info, source: sourceName }, 'replica created');
