@@ -6,9 +6,9 @@
 #        bash bench/run.sh --extra all                   # also the snapshot / replica / backup benchmarks
 #        bash bench/run.sh --no-fio --extra fig6
 #
-# --extra LIST (comma-separated: snapshot-create, backup-throughput, fig6; or "all") also runs those scripts after
-# fio-compare (about 1, 3 and 5 minutes); they are not part of the default run. --no-fio skips fio-compare and
-# crc32c. Every other argument is passed to bench/fio-compare.sh (after the default --servers, so a --servers
+# --extra LIST (comma-separated: snapshot-create, backup-throughput, fig6, diff-backup; or "all") also runs those
+# scripts after fio-compare (about 1, 3, 5 and 10-15 minutes); they are not part of the default run. --no-fio skips
+# fio-compare and crc32c. Every other argument is passed to bench/fio-compare.sh (after the default --servers, so a --servers
 # given here wins); an --out given here is passed to the extra scripts too.
 # Every step runs even when an earlier one failed; the exit status is non-zero if any step failed.
 set -euo pipefail
@@ -27,10 +27,10 @@ while [[ $# -gt 0 ]]; do
     *) FIO_ARGS+=("$1"); shift ;;
   esac
 done
-[[ $EXTRA != all ]] || EXTRA=snapshot-create,backup-throughput,fig6
+[[ $EXTRA != all ]] || EXTRA=snapshot-create,backup-throughput,fig6,diff-backup
 IFS=, read -r -a EXTRA_LIST <<<"$EXTRA"
 for e in "${EXTRA_LIST[@]}"; do
-  [[ $e =~ ^(snapshot-create|backup-throughput|fig6)$ ]] || { say "unknown --extra '$e'"; exit 2; }
+  [[ $e =~ ^(snapshot-create|backup-throughput|fig6|diff-backup)$ ]] || { say "unknown --extra '$e'"; exit 2; }
 done
 
 # 1. Build (TypeScript, and the native addon when it has not been built yet). Never installs packages.

@@ -41,8 +41,10 @@
  * COPY — copying a shared chunk c: read it, write the copy to a clean chunk p, then queue MAP(c, p, gen[c]) with
  *      `afterDataSync`: the commit that makes it durable first runs an fdatasync of the data file, which started
  *      after the copy was written. So a durable MAP never points at a half-copied chunk; before it is durable, a
- *      crash leaves c on the shared chunk, same content. The request that needed the copy then proceeds as W2/W3
- *      (a W3 MARK wait includes that data sync). Writes to c wait for a copy of c in progress.
+ *      crash leaves c on the shared chunk, same content. A copy made for a write carries the current generation G
+ *      in its MAP (instead of gen[c]): c's durable content changes only together with that MAP, so tracking holds,
+ *      and the write then proceeds as W2 without a MARK whose wait would include the data sync. Copies for reads
+ *      and the background copy keep gen[c]. Writes to c wait for a copy of c in progress.
  * RESIZE — growing makes the bytes past the old end of a partial last chunk read as zeros (zero-write, data
  *      fdatasync) before the new size is journaled; shrinking journals the new size first.
  */

@@ -371,7 +371,7 @@ export class Volume {
     // content).
     const sharing = ctx.sharingActive();
     let written: ReadonlySet<number> | null = null;
-    if (sharing) written = await this.unshareRange(offset, len, true, mode === WRITE ? data : null);
+    if (sharing) written = await this.unshareRange(offset, len, true, mode === WRITE ? data : null, true);
 
     // Phase 1: reserve clean chunks for the unmapped (and shared) chunks, waiting for growth or frees with no op
     // id held.
@@ -551,7 +551,13 @@ export class Volume {
    * Copies the shared chunks of [offset, offset + len) to chunks of this volume's own; `partialOnly` limits
    * that to the (at most two) chunks the range covers in part. Waits for copies of these chunks in progress.
    */
-  private async unshareRange(offset: number, len: number, partialOnly: boolean, data: Buffer | null = null): Promise<ReadonlySet<number> | null> {
+  private async unshareRange(
+    offset: number,
+    len: number,
+    partialOnly: boolean,
+    data: Buffer | null = null,
+    forWrite = false,
+  ): Promise<ReadonlySet<number> | null> {
     const cs = this.ctx.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + len - 1) / cs);
@@ -571,7 +577,7 @@ export class Volume {
     }
     if (list === null) return null;
     const wrote = whole === null ? null : new Set<number>();
-    await this.unshareChunks(list, whole, wrote ?? undefined);
+    await this.unshareChunks(list, whole, wrote ?? undefined, forWrite);
     return wrote;
   }
 
@@ -585,9 +591,16 @@ export class Volume {
    * `newContent`: chunks a write covers whole, with the bytes it writes there. They are not read: the new chunk
    * gets these bytes, and its mapping carries the current generation (a content change). Until that mapping is
    * durable (after the data sync) a crash leaves the chunk on the shared one, with its old content and generation.
+   * `forWrite`: every copy is for a write that follows into it, so its mapping carries the current generation too
+   * (the chunk's content changes only with that durable mapping: tracking holds without a MARK of its own).
    * @internal
    */
-  async unshareChunks(chunks: readonly number[], newContent: ReadonlyMap<number, Buffer> | null = null, wroteNew?: Set<number>): Promise<number> {
+  async unshareChunks(
+    chunks: readonly number[],
+    newContent: ReadonlyMap<number, Buffer> | null = null,
+    wroteNew?: Set<number>,
+    forWrite = false,
+  ): Promise<number> {
     const ctx = this.ctx;
     const st = this.state;
     const cs = ctx.chunkSize;
@@ -650,10 +663,12 @@ export class Volume {
           continue;
         }
         const fresh = newContent?.has(c) === true;
-        const g = fresh ? st.gens.current : st.gens.get(c);
-        if (fresh) {
+        // a copy made for a write carries the current generation: the write follows into the copy, so marking it
+        // now spares the write a MARK of its own, whose wait would include this MAP's data sync (COPY rule)
+        const g = fresh || forWrite ? st.gens.current : st.gens.get(c);
+        if (fresh || forWrite) {
           st.mapChunk(c, p, g);
-          wroteNew?.add(c);
+          if (fresh) wroteNew?.add(c);
         } else st.map.set(c, p + 1);
         const seq = appendMap(ctx.journal, st.id, c, p, 1, g);
         // COPY rule: the new mapping becomes durable only after the copied data (the commit syncs the data first)
