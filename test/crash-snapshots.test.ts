@@ -966,7 +966,7 @@ describe('kill -9 during backup full', () => {
         const viewRemoved = d
           .log()
           .split('\n')
-          .some((l) => l.includes('a full backup was interrupted') || (l.includes('removing an internal volume') && l.includes('"volume":".backup-')));
+          .some((l) => l.includes('a backup was interrupted') || (l.includes('removing an internal volume') && l.includes('"volume":".backup-')));
         const after = await cliJson<Generations>(d, ['volume', 'generations', VOL, '--map']);
         let outcome: string;
         const mapRestarted = before.map.length > 0 && after.map.length === 0;
