@@ -11,6 +11,7 @@ import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import type { ByteSink, ByteSource } from './io.js';
 import { StreamError } from './errors.js';
+import { PrefixedSource } from './prefixed-source.js';
 
 /** gzip level: 1 keeps up with a disk on this machine kind while still removing zeros and repetition */
 export const GZIP_LEVEL = 1;
@@ -76,33 +77,10 @@ export interface ChunkedSource extends ByteSource {
  */
 export async function openMaybeCompressed(source: ChunkedSource): Promise<{ source: ByteSource; compressed: boolean }> {
   const first = await source.readAvailable(4096);
-  if (first === null) return { source: new Prefixed(Buffer.alloc(0), source), compressed: false };
+  if (first === null) return { source: new PrefixedSource(Buffer.alloc(0), source), compressed: false };
   const head = Buffer.from(first);
-  if (!isGzip(head)) return { source: new Prefixed(head, source), compressed: false };
+  if (!isGzip(head)) return { source: new PrefixedSource(head, source), compressed: false };
   return { source: new GunzipSource(head, source), compressed: true };
-}
-
-class Prefixed implements ByteSource {
-  constructor(
-    private prefix: Buffer,
-    private readonly rest: ByteSource,
-  ) {}
-  async readExact(length: number): Promise<Buffer> {
-    const p = this.prefix;
-    if (p.length === 0) return this.rest.readExact(length);
-    if (length <= p.length) {
-      this.prefix = p.subarray(length);
-      return p.subarray(0, length);
-    }
-    this.prefix = Buffer.alloc(0);
-    try {
-      return Buffer.concat([p, await this.rest.readExact(length - p.length)]);
-    } catch (err) {
-      const e = err as { bytesRead?: unknown };
-      if (typeof e.bytesRead === 'number') e.bytesRead += p.length;
-      throw err;
-    }
-  }
 }
 
 /** Expands a gzip member read from `source` (its first bytes already read: `head`). */

@@ -20,6 +20,7 @@ import { readStreamHeader, HEADER_SIZE, type StreamHeader, type StreamIdentity }
 import { readStream } from './stream-reader.js';
 import { VolumeChunkSink } from './volume-io.js';
 import { isGzip, openMaybeCompressed } from './compression.js';
+import { PrefixedSource } from './prefixed-source.js';
 import { backupRunning, type Progress } from './jobs.js';
 
 /** One stream of a restore: where it comes from, and how to (re)open it. */
@@ -83,28 +84,6 @@ export interface RestoreResult {
   kind: StreamHeader['kind'];
   streamUuid: string;
   createdAt: string;
-}
-
-/** A ByteSource that first hands out bytes already read (the header a caller looked at), then the rest. */
-export class PrefixedSource implements ByteSource {
-  private prefix: Buffer | null;
-  constructor(
-    prefix: Buffer,
-    private readonly rest: ByteSource,
-  ) {
-    this.prefix = prefix;
-  }
-  async readExact(length: number): Promise<Buffer> {
-    const p = this.prefix;
-    if (p === null) return this.rest.readExact(length);
-    if (length <= p.length) {
-      this.prefix = length === p.length ? null : p.subarray(length);
-      return p.subarray(0, length);
-    }
-    this.prefix = null;
-    const more = await this.rest.readExact(length - p.length);
-    return Buffer.concat([p, more]);
-  }
 }
 
 /** A media target as a StreamOrigin; a tap/tape target without `#N` must hold exactly one file. */
@@ -179,8 +158,7 @@ export function checkChain(
   poolChunkSize: number,
   verifyOnly = false,
 ): void {
-  const opened = streams;
-  const first = opened[0].header;
+  const first = streams[0].header;
   let base: { origin: StreamIdentity; streamUuid: string; through: number; what: string };
   if (first.kind === 'diff') {
     if (!start && verifyOnly) {
@@ -190,16 +168,16 @@ export function checkChain(
     if (!start) {
       throw new PoolError(
         'EINVAL',
-        `${describe(0, opened[0])} is a difference backup: a chain starts with its full backup (restore --from FULL --from DIFF ...), ` +
+        `${describe(0, streams[0])} is a difference backup: a chain starts with its full backup (restore --from FULL --from DIFF ...), ` +
           `or a diff is applied --into the volume restored from the earlier streams`,
       );
     }
-    if (!start.chain) throw new PoolError('EINVAL', `volume '${start.name}' has no backup chain to apply ${describe(0, opened[0])} to: restore its full backup first`);
+    if (!start.chain) throw new PoolError('EINVAL', `volume '${start.name}' has no backup chain to apply ${describe(0, streams[0])} to: restore its full backup first`);
     if (start.lineage.uuid !== first.origin.uuid) {
-      throw new PoolError('EINVAL', `${describe(0, opened[0])} is a backup of volume '${first.origin.name}' (${first.origin.uuid}), not of '${start.lineage.name}' (${start.lineage.uuid}), the lineage of '${start.name}'`);
+      throw new PoolError('EINVAL', `${describe(0, streams[0])} is a backup of volume '${first.origin.name}' (${first.origin.uuid}), not of '${start.lineage.name}' (${start.lineage.uuid}), the lineage of '${start.name}'`);
     }
     if (start.chain.baseStreamUuid !== first.baseStreamUuid) {
-      throw new PoolError('EINVAL', `${describe(0, opened[0])} extends full backup ${first.baseStreamUuid}; volume '${start.name}' stands on full backup ${start.chain.baseStreamUuid}`);
+      throw new PoolError('EINVAL', `${describe(0, streams[0])} extends full backup ${first.baseStreamUuid}; volume '${start.name}' stands on full backup ${start.chain.baseStreamUuid}`);
     }
     if (start.changedSince > 0) {
       throw new PoolError(
@@ -210,11 +188,11 @@ export function checkChain(
     }
     base = { origin: start.lineage, streamUuid: start.chain.baseStreamUuid, through: start.chain.throughGeneration, what: `volume '${start.name}'` };
   } else {
-    base = { origin: first.origin, streamUuid: first.streamUuid, through: 0, what: describe(0, opened[0]) };
+    base = { origin: first.origin, streamUuid: first.streamUuid, through: 0, what: describe(0, streams[0]) };
   }
-  for (let i = first.kind === 'diff' ? 0 : 1; i < opened.length; i++) {
-    const h = opened[i].header;
-    const what = describe(i, opened[i]);
+  for (let i = first.kind === 'diff' ? 0 : 1; i < streams.length; i++) {
+    const h = streams[i].header;
+    const what = describe(i, streams[i]);
     if (h.kind !== 'diff') throw new PoolError('EINVAL', `${what} is a ${h.kind}: only the first stream of a chain may be a full backup or replica`);
     if (first.kind === 'replica') throw new PoolError('EINVAL', `${what} cannot follow a replica: difference backups extend full backups`);
     if (h.origin.uuid !== base.origin.uuid) {
